@@ -1,0 +1,3 @@
+from modelscale.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The technique contract: configs, registry, target selection, errors and safe file io."""

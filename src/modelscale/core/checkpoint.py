@@ -1,0 +1,98 @@
+"""Save a (possibly compressed) model as weights + the records of what was applied; reload without pickle.
+
+Layout of a saved folder::
+
+    model.safetensors   the state dict (shared tensors stored once)
+    modelscale.json     {"format": 1, "model": <spec or null>, "records": [...], "meta": {...}}
+
+Reloading builds the base model (from the stored spec through the model zoo, or the one the caller
+passes), replays each record's restore function to recreate the changed structure, then loads the
+weights strictly. No pickled code is ever executed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from modelscale.core.apply import ChangeRecord, restore
+from modelscale.core.errors import ModelscaleError
+from modelscale.core.io import atomic_path, write_json
+
+FORMAT_VERSION = 1
+
+
+def save_compressed(
+    path: str | Path,
+    model: nn.Module,
+    records: list[ChangeRecord] | None = None,
+    *,
+    model_spec: dict[str, Any] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> Path:
+    """Write `model` and the records of the steps applied to it into folder `path`."""
+    from safetensors.torch import save_model
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path / "model.safetensors") as tmp:
+        save_model(model, str(tmp))
+    manifest = {
+        "format": FORMAT_VERSION,
+        "model": model_spec,
+        "records": [r.to_dict() for r in records or []],
+        "meta": meta or {},
+    }
+    write_json(path / "modelscale.json", manifest)
+    return path
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    manifest_file = path / "modelscale.json"
+    if not manifest_file.is_file():
+        raise ModelscaleError(f"{path} is not a saved modelscale model (no modelscale.json); check the path")
+    try:
+        manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        raise ModelscaleError(f"{manifest_file} is corrupt; re-save the model") from None
+    if manifest.get("format") != FORMAT_VERSION:
+        raise ModelscaleError(
+            f"{manifest_file} has format {manifest.get('format')!r}; expected {FORMAT_VERSION}"
+        )
+    return manifest
+
+
+def load_compressed(path: str | Path, base_model: nn.Module | None = None) -> nn.Module:
+    """Rebuild a model saved with `save_compressed`.
+
+    `base_model` is a freshly built, uncompressed model of the same architecture; when omitted the
+    stored model spec is built through the model zoo.
+    """
+    from safetensors.torch import load_model
+
+    path = Path(path)
+    manifest = read_manifest(path)
+    if base_model is None:
+        spec = manifest.get("model")
+        if not spec:
+            raise ModelscaleError(f"{path} stores no model spec; pass the base model to load_compressed")
+        from modelscale.models import build_model
+
+        base_model = build_model(**spec)
+    for record in manifest["records"]:
+        restore(base_model, ChangeRecord.from_dict(record))
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        raise ModelscaleError(f"{weights} is missing; re-save the model")
+    try:
+        load_model(base_model, str(weights), strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ModelscaleError(f"weights in {weights} do not fit the model: {first}") from None
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise ModelscaleError(f"{weights} is corrupt ({type(exc).__name__}); re-save the model") from None
+    return base_model

@@ -1,0 +1,105 @@
+"""Safe file io: atomic writes (never a half-written file) and safe loading of checkpoints.
+
+`torch.load` runs with `weights_only=True` unless the caller opts in to executing pickled code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from modelscale.core.errors import ModelscaleError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path` in one rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    return write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    import dataclasses
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot serialize {type(value).__name__}")
+
+
+def read_structured(path: str | Path) -> Any:
+    """Read JSON or YAML (by extension) with a one-line error for missing or malformed files."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelscaleError(f"file not found: {path}; check the path")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            return yaml.safe_load(text)
+        return json.loads(text)
+    except Exception as exc:  # noqa: BLE001 - reported as one line
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelscaleError(f"cannot parse {path}: {first}; fix the file's syntax") from None
+
+
+def save_torch(obj: Any, path: str | Path) -> Path:
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
+
+
+def load_torch(path: str | Path, *, allow_pickle: bool = False, map_location: Any = "cpu") -> Any:
+    """torch.load with `weights_only=True` unless `allow_pickle`; clear one-line errors."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelscaleError(f"checkpoint not found: {path}; check the path")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=not allow_pickle)
+    except pickle.UnpicklingError as exc:
+        if not allow_pickle and "weights_only" in str(exc):
+            raise ModelscaleError(
+                f"{path} contains pickled Python objects, which can run code; "
+                "if you trust the file, pass allow_pickle=True (CLI: --allow-pickle)"
+            ) from None
+        raise ModelscaleError(f"{path} is corrupt or not a PyTorch checkpoint") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise ModelscaleError(
+            f"{path} is corrupt or not a PyTorch checkpoint ({type(exc).__name__})"
+        ) from None

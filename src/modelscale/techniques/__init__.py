@@ -1,0 +1,1 @@
+"""Techniques: one module per technique, each registering a config and an apply function."""
