@@ -1,0 +1,157 @@
+"""The `modelscale` command (also `python -m modelscale`).
+
+Subcommands: profile, train, eval, compress, compare, demo, list. Technique and training options are
+generated from their config dataclasses (`cli/options.py`). Bad input prints one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from modelscale.core.errors import ModelscaleError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line (and exit code 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        raise SystemExit(2)
+
+
+def _common(p: argparse.ArgumentParser, *, model_positional: bool = True) -> None:
+    if model_positional:
+        p.add_argument(
+            "model", help="zoo name (mlp, cnn, gpt, torchvision:NAME, hf:DIR) or a saved model folder"
+        )
+    p.add_argument(
+        "--data", help="data source (digits, cifar10:DIR, imagefolder:DIR, npz:FILE, text:PATH, pystdlib)"
+    )
+    p.add_argument("--input-shape", help="batch input shape for profiling, e.g. 1,3,224,224")
+    p.add_argument(
+        "--num-classes",
+        type=int,
+        help="number of classes (default: from the data, else 10; torchvision 1000)",
+    )
+    p.add_argument("--width", type=float, default=1.0, help="width multiplier of zoo models")
+    p.add_argument("--depth", type=float, default=1.0, help="depth multiplier of zoo models")
+    p.add_argument("--weights", help="weights file (.safetensors or a torch state dict)")
+    p.add_argument(
+        "--allow-pickle", action="store_true", help="allow loading pickled code (only for files you trust)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed for data splits and training")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def build_parser(technique: str | None = None) -> argparse.ArgumentParser:
+    from modelscale import __version__
+
+    parser = _Parser(prog="modelscale", description="Measure, compress and scale PyTorch models, honestly.")
+    parser.add_argument("--version", action="version", version=f"modelscale {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser(
+        "profile", help="params, bytes, MACs/FLOPs, latency, memory (and accuracy with --data)"
+    )
+    _common(p)
+    p.add_argument("--no-latency", action="store_true", help="skip latency measurement")
+    p.add_argument("--repeats", type=int, default=30, help="timed repeats for latency")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="batch for latency when --input-shape is not given"
+    )
+
+    p = sub.add_parser("train", help="train a zoo model on a data source and save it")
+    _common(p, model_positional=True)
+    p.add_argument("--out", required=True, help="folder to save the trained model in")
+    p.add_argument("--config", help="a YAML/JSON train config (options given here override it)")
+    from modelscale.cli.options import add_config_options
+    from modelscale.train import TrainConfig
+
+    add_config_options(p, TrainConfig, title="training options")
+
+    p = sub.add_parser("eval", help="evaluate a model on a data source's test split")
+    _common(p)
+    p.add_argument("--split", choices=["train", "val", "test"], default="test")
+
+    p = sub.add_parser("compress", help="apply one technique, optionally fine-tune, report before/after")
+    _common(p)
+    p.add_argument(
+        "--technique", required=True, help="registered technique (see `modelscale list techniques`)"
+    )
+    p.add_argument("--config", help="a YAML/JSON technique config (options given here override it)")
+    p.add_argument("--finetune-epochs", type=int, default=0, help="epochs of fine-tuning after the technique")
+    p.add_argument("--finetune-lr", type=float, default=5e-4, help="learning rate of the fine-tune")
+    p.add_argument(
+        "--calibration-batches", type=int, default=4, help="training batches given to data-driven techniques"
+    )
+    p.add_argument("--out", help="folder to save the compressed model and report in")
+    if technique:
+        from modelscale.core.registry import get_technique
+
+        add_config_options(p, get_technique(technique).config_cls, title=f"{technique} options")
+
+    p = sub.add_parser(
+        "compare", help="compare two models: deltas, compression, MACs ratio next to measured speedup"
+    )
+    p.add_argument("base", help="baseline: saved model folder or zoo name")
+    p.add_argument("other", help="other model: saved model folder or zoo name")
+    _common(p, model_positional=False)
+    p.add_argument("--repeats", type=int, default=30, help="timed repeats for latency")
+
+    p = sub.add_parser("demo", help="the main job: train the CNN on digits, prune, fine-tune, report")
+    p.add_argument("--out", default=None, help="run folder (default: runs/demo-<time>)")
+    p.add_argument("--quick", action="store_true", help="fewer epochs (for smoke tests)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+
+    p = sub.add_parser("list", help="list techniques, models or data sources")
+    p.add_argument("what", choices=["techniques", "models", "data"])
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    return parser
+
+
+def _technique_from_argv(argv: Sequence[str]) -> str | None:
+    argv = list(argv)
+    if not argv or argv[0] != "compress":
+        return None
+    for i, arg in enumerate(argv):
+        if arg == "--technique" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--technique="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        parser = build_parser(_technique_from_argv(argv))
+        args = parser.parse_args(argv)
+        from modelscale.cli import commands
+
+        result = getattr(commands, f"cmd_{args.command}")(args)
+    except ModelscaleError as exc:
+        sys.stderr.write(f"modelscale: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("modelscale: interrupted\n")
+        return 130
+    if result is not None:
+        text, data = result
+        if getattr(args, "json", False):
+            print(json.dumps(data, indent=2, default=_default))
+        else:
+            print(text)
+    return 0
+
+
+def _default(value: Any) -> Any:
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
