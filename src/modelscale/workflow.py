@@ -27,7 +27,7 @@ def parse_shape(text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
     try:
-        shape = tuple(int(part) for part in str(text).replace("x", ",").split(",") if part.strip())
+        shape = tuple(int(part) for part in str(text).split(",") if part.strip())
     except ValueError:
         raise ModelscaleError(
             f"--input-shape {text!r} must be comma-separated integers, e.g. 1,3,224,224"

@@ -35,6 +35,8 @@ def add_config_options(parser: argparse.ArgumentParser, config_cls: type[Config]
                 help="per-layer value, e.g. 'features.0*:amount=0.2' (repeatable)",
             )
             continue
+        if option_name(name) in parser._option_string_actions:
+            continue  # a common option of the command (e.g. --seed) already sets this field
         shown = getattr(hint, "__name__", str(hint)).replace("typing.", "")
         group.add_argument(
             option_name(name),

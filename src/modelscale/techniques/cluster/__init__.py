@@ -1,0 +1,1 @@
+"""Weight sharing by clustering: k-means codebooks with packed indices (Deep Compression)."""
