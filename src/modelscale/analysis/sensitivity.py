@@ -143,9 +143,10 @@ def sensitivity_markdown(table: SensitivityTable) -> str:
     scale, unit = (100.0, " pt") if table.metric_name == "accuracy" else (1.0, "")
     head = "| layer | " + " | ".join(f"{table.field}={s:g}" for s in table.strengths) + " |"
     sep = "|---|" + "---|" * len(table.strengths)
+    base_unit = "%" if table.metric_name == "accuracy" else ""
     lines = [
         f"Sensitivity of {table.metric_name} to {table.technique} per layer "
-        f"(baseline {table.baseline * scale:.2f}{unit}; cells = drop{unit})",
+        f"(baseline {table.baseline * scale:.2f}{base_unit}; cells = drop{unit or ''}, positive = worse)",
         "",
         head,
         sep,

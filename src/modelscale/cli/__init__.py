@@ -103,6 +103,17 @@ def build_parser(technique: str | None = None) -> argparse.ArgumentParser:
     _common(p, model_positional=False)
     p.add_argument("--repeats", type=int, default=30, help="timed repeats for latency")
 
+    p = sub.add_parser(
+        "sensitivity", help="metric drop when compressing each layer alone, at several strengths"
+    )
+    _common(p)
+    p.add_argument("--technique", default="magnitude_prune", help="registered technique to probe")
+    p.add_argument(
+        "--field", default=None, help="config field setting the strength (default: the technique's)"
+    )
+    p.add_argument("--strengths", default="0.3,0.5,0.7,0.9", help="comma-separated strengths to try")
+    p.add_argument("--config", help="a YAML/JSON base config for the technique")
+
     p = sub.add_parser("demo", help="the main job: train the CNN on digits, prune, fine-tune, report")
     p.add_argument("--out", default=None, help="run folder (default: runs/demo-<time>)")
     p.add_argument("--quick", action="store_true", help="fewer epochs (for smoke tests)")

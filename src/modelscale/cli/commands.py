@@ -191,6 +191,31 @@ def cmd_compare(args: argparse.Namespace):
     return compare_markdown(cmp), cmp.to_dict()
 
 
+def cmd_sensitivity(args: argparse.Namespace):
+    from modelscale.analysis.sensitivity import sensitivity, sensitivity_markdown
+    from modelscale.core.io import read_structured
+
+    data = _load_data(args, required=True)
+    bundle = _load_model(args.model, args, data)
+    try:
+        strengths = [float(s) for s in args.strengths.split(",") if s.strip()]
+    except ValueError:
+        raise ModelscaleError(
+            f"--strengths {args.strengths!r} must be comma-separated numbers, e.g. 0.3,0.5,0.9"
+        ) from None
+    table = sensitivity(
+        bundle.model,
+        args.technique,
+        args.field,
+        strengths,
+        _test_loader(data, "val"),
+        base_config=read_structured(args.config) if args.config else None,
+        example_inputs=_inputs(bundle, args, data),
+        loss_fn=loss_for(data),
+    )
+    return sensitivity_markdown(table), table.to_dict()
+
+
 def cmd_demo(args: argparse.Namespace):
     from modelscale.demo import run_demo
 
