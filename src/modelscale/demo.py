@@ -105,6 +105,27 @@ def run_demo(out: str | Path | None = None, *, quick: bool = False) -> dict[str,
     return {"text": text, "run_dir": str(run_dir), "results": results}
 
 
+def _summary_table(results: dict[str, Any]) -> str:
+    """One row per variant: the numbers a person needs at a glance."""
+    rows = [
+        "Ratios are baseline ÷ variant: above 1× the variant is smaller (or faster).",
+        "",
+        "| Variant | Test accuracy | Accuracy change (pp) | Params | Non-zero params | Zipped bytes "
+        "| MACs (theoretical speedup) | Latency (measured speedup) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| baseline | {results['baseline']['test']['accuracy'] * 100:.2f}% | — | 1.00× | 1.00× | 1.00× | 1.00× | 1.00× |",
+    ]
+    for v in results["variants"]:
+        c = v["comparison"]
+        acc = c["other"]["quality"]["accuracy"] * 100
+        measured = f"{c['measured_speedup']:.2f}×" if c.get("measured_speedup") else "—"
+        rows.append(
+            f"| {v['label']} | {acc:.2f}% | {-c['deltas']['accuracy'] * 100:+.2f} | {c['params_ratio']:.2f}× "
+            f"| {c['nonzero_ratio']:.2f}× | {c['zipped_ratio']:.2f}× | {c['theoretical_speedup']:.2f}× | {measured} |"
+        )
+    return "\n".join(rows)
+
+
 def _jsonable(value: Any) -> bool:
     return isinstance(value, str | int | float | bool | list | dict | tuple | type(None))
 
@@ -119,6 +140,8 @@ def _report(results: dict[str, Any], sections: list[str], elapsed: float) -> str
         "Each variant: one technique, then a short fine-tune; measured against the baseline on the same test split.",
         "Speed: the MACs ratio is theoretical; the latency ratio is measured (interleaved, same process).",
         "A masked (unstructured) model is not faster or smaller in memory; only its zipped bytes shrink.",
+        "",
+        _summary_table(results),
         "",
         *sections,
         f"_Run took {elapsed:.0f} s on {results['machine']['threads']} threads, torch {results['machine']['torch']}._",
