@@ -77,3 +77,14 @@ def test_per_layer_override_and_bad_amount():
     assert rows["0"] == 0.5 and rows["2"] == pytest.approx(0.9)
     with pytest.raises(ModelscaleError, match="amount must be < 1.0"):
         MagnitudePruneConfig(amount=1.0)
+
+
+def test_bake_on_a_deep_copy_leaves_the_original_working():
+    import copy
+
+    model = apply(_mlp(), MagnitudePruneConfig(amount=0.5)).model
+    x = torch.randn(2, 20)
+    y = model(x)
+    bake_masks(copy.deepcopy(model))
+    assert torch.equal(model(x), y)
+    assert get_mask(model[0]) is not None

@@ -114,6 +114,34 @@ def build_parser(technique: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--strengths", default="0.3,0.5,0.7,0.9", help="comma-separated strengths to try")
     p.add_argument("--config", help="a YAML/JSON base config for the technique")
 
+    p = sub.add_parser(
+        "export", help="export to ONNX, optionally int8 with ONNX Runtime; check agreement, time it"
+    )
+    _common(p)
+    p.add_argument("--out", required=True, help="folder for model.onnx (and model.int8.onnx) and the summary")
+    p.add_argument(
+        "--quantize", choices=["none", "dynamic", "static"], default="none", help="ONNX Runtime int8"
+    )
+    p.add_argument(
+        "--method", choices=["minmax", "entropy", "percentile"], default="minmax", help="static calibration"
+    )
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch and ONNX Runtime")
+    p.add_argument("--repeats", type=int, default=30, help="timed repeats for latency")
+
+    p = sub.add_parser(
+        "fit-law", help="fit a scaling law L = E + A/N^a (+ B/D^b) to a CSV, with bootstrap CIs"
+    )
+    p.add_argument("csv", help="CSV file with one row per trained model")
+    p.add_argument("--n", required=True, help="column with the parameter count N")
+    p.add_argument("--loss", required=True, help="column with the loss")
+    p.add_argument("--d", default=None, help="column with the data size D (tokens or examples)")
+    p.add_argument(
+        "--c", default=None, help="column with training compute C in FLOPs (instead of D: D = C / 6N)"
+    )
+    p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples for the intervals")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
     p = sub.add_parser("demo", help="the main job: train the CNN on digits, prune, fine-tune, report")
     p.add_argument("--out", default=None, help="run folder (default: runs/demo-<time>)")
     p.add_argument("--quick", action="store_true", help="fewer epochs (for smoke tests)")
@@ -144,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         from modelscale.cli import commands
 
-        result = getattr(commands, f"cmd_{args.command}")(args)
+        result = getattr(commands, "cmd_" + args.command.replace("-", "_"))(args)
     except ModelscaleError as exc:
         sys.stderr.write(f"modelscale: error: {exc}\n")
         return 2

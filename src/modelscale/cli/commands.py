@@ -216,6 +216,45 @@ def cmd_sensitivity(args: argparse.Namespace):
     return sensitivity_markdown(table), table.to_dict()
 
 
+def cmd_export(args: argparse.Namespace):
+    from modelscale.export import export_command
+
+    data = _load_data(args)
+    source: Any = args.model if is_model_dir(args.model) else _load_model(args.model, args, data).model
+    summary = export_command(
+        source,
+        args.out,
+        data=data,
+        quantize=args.quantize,
+        method=args.method,
+        threads=args.threads,
+        repeats=args.repeats,
+        seed=args.seed,
+    )
+    lines = [f"exported to {args.out}:"]
+    for name, info in summary["files"].items():
+        lines.append(f"  {name}: {info.get('path', '')} ({info.get('bytes', 0) / 1e6:.2f} MB)")
+    for name, agree in summary.get("agreement", {}).items():
+        lines.append(
+            f"  {name} vs PyTorch on {summary['data']['spec']} test: class agreement "
+            f"{agree['class_agreement'] * 100:.2f}%, max |diff| {agree['max_abs_diff']:.2e}"
+        )
+    for key, stats in summary["latency"].items():
+        ratios = ", ".join(f"{n} {r:.2f}x" for n, r in stats["speedup_vs_pytorch"].items())
+        lines.append(f"  {key}: measured speedup vs PyTorch fp32: {ratios}")
+    return "\n".join(lines), summary
+
+
+def cmd_fit_law(args: argparse.Namespace):
+    from modelscale.scaling import fit_law_command
+
+    if args.d and args.c:
+        raise ModelscaleError("give --d or --c, not both")
+    return fit_law_command(
+        args.csv, n=args.n, loss=args.loss, d=args.d, c=args.c, n_boot=args.n_boot, seed=args.seed
+    )
+
+
 def cmd_demo(args: argparse.Namespace):
     from modelscale.demo import run_demo
 

@@ -49,8 +49,19 @@ def bake_masks(model: nn.Module) -> nn.Module:
         if parametrize.is_parametrized(module):
             for name in list(module.parametrizations):
                 if any(isinstance(p, WeightMask) for p in module.parametrizations[name]):
+                    own_parametrized_class(module)
                     parametrize.remove_parametrizations(module, name, leave_parametrized=True)
     return model
+
+
+def own_parametrized_class(module: nn.Module) -> None:
+    """Give `module` its own copy of its parametrized class.
+
+    A deep copy of a parametrized module shares the dynamically made class with the original, and
+    removing a parametrization deletes the property from that class, which would break the original.
+    """
+    cls = type(module)
+    module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
 
 
 def effective_weight(module: nn.Module, name: str = "weight") -> torch.Tensor:
