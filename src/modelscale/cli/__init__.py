@@ -142,6 +142,29 @@ def build_parser(technique: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
+    p = sub.add_parser(
+        "run", help="run a recipe (YAML/JSON): steps in order, resumable, recorded in the run store"
+    )
+    p.add_argument("recipe", help="recipe file (see recipes/)")
+    p.add_argument(
+        "--store", default=None, help="run store: SQLite file or SQLAlchemy URL (default runs/modelscale.db)"
+    )
+    p.add_argument("--run-dir", default=None, help="folder for checkpoints (default runs/<recipe name>)")
+    p.add_argument("--no-resume", action="store_true", help="start again instead of resuming finished steps")
+    p.add_argument(
+        "--epochs", type=int, default=None, help="override every training step's epochs (quick runs)"
+    )
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+    p = sub.add_parser("runs", help="list, show, compare or delete recorded runs")
+    p.add_argument("action", choices=["list", "show", "compare", "delete"])
+    p.add_argument("ids", nargs="*", help="run id(s) or unique prefixes (show/compare/delete)")
+    p.add_argument(
+        "--store", default=None, help="run store: SQLite file or SQLAlchemy URL (default runs/modelscale.db)"
+    )
+    p.add_argument("--recipe", default=None, help="only runs of this recipe (list)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
     p = sub.add_parser("demo", help="the main job: train the CNN on digits, prune, fine-tune, report")
     p.add_argument("--out", default=None, help="run folder (default: runs/demo-<time>)")
     p.add_argument("--quick", action="store_true", help="fewer epochs (for smoke tests)")

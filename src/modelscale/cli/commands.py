@@ -255,6 +255,26 @@ def cmd_fit_law(args: argparse.Namespace):
     )
 
 
+def cmd_run(args: argparse.Namespace):
+    from modelscale.pipeline import run_command
+
+    return run_command(
+        args.recipe, store=args.store, run_dir=args.run_dir, resume=not args.no_resume, epochs=args.epochs
+    )
+
+
+def cmd_runs(args: argparse.Namespace):
+    from modelscale import pipeline
+
+    if args.action == "list":
+        return pipeline.runs_list(store=args.store, recipe=args.recipe)
+    if args.action == "compare":
+        return pipeline.runs_compare(args.ids, store=args.store)
+    if len(args.ids) != 1:
+        raise ModelscaleError(f"`runs {args.action}` takes exactly one run id; see `modelscale runs list`")
+    return getattr(pipeline, f"runs_{args.action}")(args.ids[0], store=args.store)
+
+
 def cmd_demo(args: argparse.Namespace):
     from modelscale.demo import run_demo
 

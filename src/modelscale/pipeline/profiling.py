@@ -1,0 +1,84 @@
+"""Measure the model after a step: one `modelscale.measure.profile` per device × dtype × batch size.
+
+Accuracy (the test split) is measured once per device × dtype, at the first batch size; latency for
+every combination. Each report is kept whole (for profile.json) and flattened into metric rows
+`{"name": "quality.accuracy", "value", "device", "dtype", "batch_size"}` for the run store.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modelscale.pipeline.recipe import MeasureSection
+
+# recipe metric name -> section of ProfileReport.to_dict() it records
+SECTIONS = {
+    "params": "params",
+    "size": "size",
+    "macs": "macs",
+    "accuracy": "quality",
+    "latency": "latency",
+    "memory": "memory",
+}
+SKIP = {"layers", "input_shapes", "repeats", "warmup", "threads", "batch_size", "topk", "ece_bins"}
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, float]) -> None:
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            if key not in SKIP:
+                _flatten(f"{prefix}.{key}", inner, out)
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        out[prefix] = float(value)
+
+
+def measure(
+    model: Any, data: Any, measure_cfg: MeasureSection
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+    """(profiles as dicts, metric rows, notes) for `model` on `data` as `measure_cfg` asks."""
+    from modelscale.data import make_loader
+    from modelscale.measure import profile
+    from modelscale.pipeline.steps import example_batch
+
+    wanted = [SECTIONS[m] for m in measure_cfg.metrics]
+    loader = None
+    if "quality" in wanted:
+        loader = make_loader(data.test, batch_size=measure_cfg.eval_batch_size, shuffle=False)
+    profiles, rows, notes = [], [], []
+    for device in measure_cfg.devices:
+        for dtype in measure_cfg.dtypes:
+            for n, batch_size in enumerate(measure_cfg.batch_sizes):
+                where = f"{device}/{dtype}/batch {batch_size}"
+                try:
+                    report = profile(
+                        model,
+                        example_batch(data, batch_size),
+                        latency="latency" in wanted,
+                        memory="memory" in wanted,
+                        device=device,
+                        dtype=dtype,
+                        warmup=measure_cfg.warmup,
+                        repeats=measure_cfg.repeats,
+                        threads=measure_cfg.threads,
+                        loader=loader if n == 0 else None,
+                        task=data.task,
+                        max_batches=measure_cfg.max_batches,
+                    )
+                except Exception as exc:  # noqa: BLE001 - a measurement that cannot run is a note, not a failure
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    notes.append(f"measuring on {where} failed: {first}")
+                    continue
+                as_dict = report.to_dict()
+                profiles.append(
+                    {"device": device, "dtype": dtype, "batch_size": batch_size, "report": as_dict}
+                )
+                flat: dict[str, float] = {}
+                for section in wanted:
+                    if as_dict.get(section) is not None:
+                        _flatten(section, as_dict[section], flat)
+                rows += [
+                    {"name": k, "value": v, "device": device, "dtype": dtype, "batch_size": batch_size}
+                    for k, v in flat.items()
+                ]
+                notes += [n_ for n_ in report.notes if n_ not in notes]
+    return profiles, rows, notes
