@@ -14,9 +14,6 @@ moves far more than accuracy. Times are this process's wall and CPU seconds per 
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import statistics
 import sys
 import time
@@ -25,6 +22,7 @@ from pathlib import Path
 import torch
 
 from modelscale.core.io import write_json
+from modelscale.core.machine import machine_notes
 from modelscale.data import load_data
 from modelscale.measure import count_params
 from modelscale.models import build_model
@@ -42,24 +40,7 @@ VARIANTS = {
 
 
 def machine(threads: int) -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cpu": cpu,
-        "torch_threads": threads,
-        "load_average_1m_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "argv": sys.argv[1:],
-    }
+    return machine_notes(threads) | {"argv": sys.argv[1:]}
 
 
 def train_student(data, teacher, variant: DistillConfig | None, seed: int, epochs: int) -> dict:

@@ -18,17 +18,15 @@ Usage, from the repository root::
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import scipy
 
+from modelscale.core.machine import machine_notes
 from modelscale.scaling import JointLaw, fit_law, law_markdown
 from modelscale.scaling.bootstrap import bootstrap, leave_one_out
 from modelscale.scaling.laws import fit_joint
@@ -45,16 +43,6 @@ def make_runs(points: int, seed: int, noise: float) -> tuple[np.ndarray, np.ndar
     return n, d, loss
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine() -> dict:
     try:
         threads = len(os.sched_getaffinity(0))
@@ -68,18 +56,8 @@ def machine() -> dict:
         ]
     except ImportError:
         blas = []
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cpu": cpu_model(),
-        "threads_available": threads,
-        "load_average_1m_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "blas": blas,
-        "platform": platform.platform(),
-        "argv": sys.argv[1:],
-    }
+    notes = machine_notes(packages=("numpy", "scipy"))
+    return notes | {"threads_available": threads, "blas": blas, "argv": sys.argv[1:]}
 
 
 def timed(fn):
@@ -108,7 +86,7 @@ def main() -> int:
     )
 
     print(law_markdown(result))
-    print(f"points {args.points}, n_boot {args.n_boot}, load average {meta['load_average_1m_at_start']}")
+    print(f"points {args.points}, n_boot {args.n_boot}, load average {meta['load_average']}")
     print(f"fit_law total: {wall:.2f} s wall, {cpu:.2f} s CPU  (target < 30 s)")
     print(
         f"  grid fit      {grid_wall:6.2f} s wall {grid_cpu:6.2f} s CPU ({raw.n_starts} of {raw.n_grid} starts)"

@@ -28,10 +28,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -44,6 +42,7 @@ from torch import nn
 
 from modelscale.core.apply import apply
 from modelscale.core.checkpoint import save_compressed
+from modelscale.core.machine import machine_notes
 from modelscale.techniques.quantize.cast import CastConfig, CastLayer
 from modelscale.techniques.quantize.common import int_mm_available, quantized_bytes
 from modelscale.techniques.quantize.dynamic_int8 import DynamicInt8Config, DynamicInt8Linear
@@ -264,34 +263,18 @@ def model_rows(args) -> list[dict]:
 
 # --- output ---------------------------------------------------------------------------------------------
 def machine(args) -> dict:
-    cpu, flags = platform.processor(), []
+    """Machine notes taken at the start (load average included), plus this benchmark's own keys."""
+    flags = []
     with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as fh:
-        info = fh.read().splitlines()
-        cpu = next((ln.split(":", 1)[1].strip() for ln in info if ln.startswith("model name")), cpu)
-        present = next((ln.split(":", 1)[1].split() for ln in info if ln.startswith("flags")), [])
+        present = next((ln.split(":", 1)[1].split() for ln in fh if ln.startswith("flags")), [])
         flags = [
             f
             for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
             if f in present
         ]
-    try:
-        import torchao
-
-        ao = torchao.__version__
-    except ImportError:
-        ao = None
-    return {
-        "cpu": cpu,
+    return machine_notes(packages=("torchao",)) | {
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_flags": flags,
-        "logical_cpus": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "torchao": ao,
-        "python": platform.python_version(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "load_average_start": args.load_start,
-        "load_average_end": os.getloadavg(),
         "int_mm_available": args.int_mm,
         "setup": "digits seed 0 (load_data split), mlp 8 epochs, cnn width 0.5 3 epochs, adamw lr 3e-3; "
         "resnet18 3x32x32 random init; encoder seq 128; inputs batch 1 and 32",
@@ -337,8 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer shapes and models (smoke test)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    args.load_start = os.getloadavg()
     args.int_mm = int_mm_available("cpu")
+    info = machine(args)
     log(f"torch {torch.__version__}, {args.threads} threads, torch._int_mm on CPU: {args.int_mm}")
     kernels = kernel_rows(args)
     models = model_rows(args)
@@ -354,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         "a timing with repeats=1 is a path slower than 3 s per float32+quantized round: one sample only",
         "the machine was shared with other jobs: see load averages; ratios are interleaved medians",
     ]
-    out = {"machine": machine(args), "notes": notes, "kernels": kernels, "models": models,
+    info["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    out = {"machine": info, "notes": notes, "kernels": kernels, "models": models,
            "seconds": time.monotonic() - T0}  # fmt: skip
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -27,20 +27,18 @@ Usage, from the repository root (about 3-4 minutes on 2 busy cores)::
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from modelscale.core.apply import apply
+from modelscale.core.machine import machine_notes
 from modelscale.measure import count_macs, measure_latency_pair, measure_size
 from modelscale.measure.sparse import sparse_storage
 from modelscale.models import build_model
@@ -56,26 +54,6 @@ T0 = time.monotonic()
 
 def log(msg: str) -> None:
     print(f"[{time.monotonic() - T0:6.1f}s] {msg}", flush=True)
-
-
-def machine_notes(threads: int) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
-        "torch_threads": threads,
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
 
 
 def build(key: str) -> tuple[nn.Module, tuple[int, ...]]:
@@ -358,10 +336,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     timer = Timer(args)
-    notes = machine_notes(args.threads)
-    log(
-        f"{notes['cpu']}, {args.threads} threads, torch {notes['torch']}, load {notes['load_average_at_start']}"
-    )
+    notes = machine_notes(args.threads, packages=("numpy",))
+    log(f"{notes['cpu']}, {args.threads} threads, torch {notes['torch']}, load {notes['load_average']}")
     results = {
         "structured": structured_section(timer, args.quick),
         "unstructured": unstructured_section(timer, args.quick, args.zip_level),
@@ -372,7 +348,7 @@ def main() -> None:
     print_tables(results, timer.batches)
     print("\n* noisy: median and min ratios differ by > 25 % (a loaded machine): rerun before quoting it")
     elapsed = time.monotonic() - T0
-    print(f"{elapsed:.0f} s; load average {notes['load_average_at_start']} -> {notes['load_average_at_end']}")
+    print(f"{elapsed:.0f} s; load average {notes['load_average']} -> {notes['load_average_at_end']}")
     if args.json:
         payload = {
             "benchmark": "structured_cpu",

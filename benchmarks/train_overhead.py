@@ -14,11 +14,8 @@ The trainer runs with progress=False (no bar), no checkpoints.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -28,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from modelscale.core.machine import machine_notes
 from modelscale.data import load_data
 from modelscale.models import build_model
 from modelscale.train import TrainConfig, fit
@@ -62,24 +60,8 @@ def hand_loop(model: nn.Module, data, epochs: int, lr: float, batch_size: int, d
 
 
 def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "date": datetime.date.today().isoformat(),
-        "load_average_at_start": os.getloadavg(),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-    }
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return machine_notes() | {"gpu": gpu}
 
 
 def bench(name: str, make_model, data, epochs: int, repeats: int, lr: float, device: str = "cpu") -> dict:
@@ -160,7 +142,7 @@ def main() -> None:
     ]
     print(
         f"fit vs hand-written loop, digits train={len(data.train)} val={len(data.val)}, batch 64, "
-        f"{args.epochs} epochs, {args.device}, {info['torch_threads']} thread(s), {info['cpu']}, torch {info['torch']}"
+        f"{args.epochs} epochs, {args.device}, {info['threads']} thread(s), {info['cpu']}, torch {info['torch']}"
     )
     print(
         "ratio = median over repeats of fit/hand within adjacent pairs; cpu = process time (robust to other load)"

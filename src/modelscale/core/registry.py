@@ -57,16 +57,23 @@ def register(config_cls: type[TechniqueConfig], *, restore: Callable[..., Any] |
     return decorate
 
 
+def discover(package_name: str, group: str) -> None:
+    """Import every module under package `package_name`, then load the entry points of `group`.
+
+    Plugins register themselves on import (`@register`, `@register_model`), so this fills a registry.
+    """
+    package = importlib.import_module(package_name)
+    for info in pkgutil.walk_packages(package.__path__, prefix=package.__name__ + "."):
+        importlib.import_module(info.name)
+    for ep in entry_points(group=group):
+        ep.load()
+
+
 def _discover() -> None:
     if _DISCOVERED[0]:
         return
     _DISCOVERED[0] = True
-    import modelscale.techniques as pkg
-
-    for info in pkgutil.walk_packages(pkg.__path__, prefix=pkg.__name__ + "."):
-        importlib.import_module(info.name)
-    for ep in entry_points(group="modelscale.techniques"):
-        ep.load()
+    discover("modelscale.techniques", "modelscale.techniques")
 
 
 def list_techniques() -> list[str]:

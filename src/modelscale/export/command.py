@@ -19,10 +19,8 @@ Example::
 
 from __future__ import annotations
 
-import datetime as _dt
 import math
 import os
-import platform
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ from torch import nn
 
 from modelscale.core.errors import ModelscaleError
 from modelscale.core.io import write_json
+from modelscale.core.machine import machine_notes as shared_machine_notes
 from modelscale.export.onnx_export import export_onnx, onnx_info
 from modelscale.export.ort_quantize import METHODS, quantize_onnx_dynamic, quantize_onnx_static
 from modelscale.export.ort_runner import OrtRunner, check_agreement, interleaved_latency
@@ -131,29 +130,13 @@ def export_command(
 
 
 def machine_notes(threads: int | None = None) -> dict[str, Any]:
-    """CPU model, cores, threads, library versions and the date, for measured results."""
-    versions = {"python": platform.python_version(), "torch": torch.__version__}
-    for name in ("numpy", "onnx", "onnxruntime", "onnxscript"):
-        try:
-            versions[name] = __import__(name).__version__
-        except Exception:  # noqa: BLE001 - optional packages
-            versions[name] = None
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    notes = {
-        "cpu": cpu,
-        "logical_cores": os.cpu_count(),
-        "threads": threads,
-        "platform": platform.platform(),
-        "versions": versions,
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    if hasattr(os, "getloadavg"):
-        notes["load_average_1m"] = round(os.getloadavg()[0], 2)
+    """CPU model, cores, threads, library versions and the date, for measured results.
+
+    `modelscale.core.machine.machine_notes` with python, torch and the ONNX stack under `versions`.
+    """
+    packages = ("numpy", "onnx", "onnxruntime", "onnxscript")
+    notes = shared_machine_notes(threads, packages=("torch", *packages))
+    notes["versions"] = {name: notes.pop(name, None) for name in ("python", "torch", *packages)}
     return notes
 
 

@@ -16,18 +16,16 @@ registry is read; other packages add theirs through the `modelscale.models` entr
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import Any
 
 from torch import nn
 
 from modelscale.core.errors import ModelscaleError
+from modelscale.core.registry import discover
 
 
 @dataclass(frozen=True)
@@ -91,12 +89,7 @@ def _discover() -> None:
     if _DISCOVERED[0]:
         return
     _DISCOVERED[0] = True
-    import modelscale.models as pkg
-
-    for info in pkgutil.walk_packages(pkg.__path__, prefix=pkg.__name__ + "."):
-        importlib.import_module(info.name)
-    for ep in entry_points(group="modelscale.models"):
-        ep.load()
+    discover("modelscale.models", "modelscale.models")
 
 
 def list_models() -> list[str]:
