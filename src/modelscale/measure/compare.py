@@ -43,7 +43,7 @@ class Comparison(Report):
     serialized_ratio: float  # torch.save bytes, base / other
     safetensors_ratio: float | None
     zipped_ratio: float  # deflated bytes, base / other
-    theoretical_speedup: float  # base MACs / other MACs
+    theoretical_speedup: float | None  # base MACs / other MACs (None when other's ops are not countable)
     measured_speedup: float | None = None  # base median latency / other median latency (interleaved)
     deltas: dict[str, float] = field(default_factory=dict)  # metric -> base − other
     agreement: float | None = None  # fraction of identical argmax predictions on the loader
@@ -98,7 +98,7 @@ def compare(
         serialized_ratio=_ratio(p0.size.serialized_bytes, p1.size.serialized_bytes),
         safetensors_ratio=_ratio(p0.size.safetensors_bytes, p1.size.safetensors_bytes),
         zipped_ratio=_ratio(p0.size.zipped_bytes, p1.size.zipped_bytes),
-        theoretical_speedup=_ratio(p0.macs.macs, p1.macs.macs),
+        theoretical_speedup=_ratio(p0.macs.macs, p1.macs.macs) if p1.macs.macs else None,
     )
     if latency:
         pair = measure_latency_pair(
@@ -139,13 +139,22 @@ def compare(
 def _notes(cmp: Comparison) -> list[str]:
     notes = []
     s0, s1 = cmp.base.params.sparsity, cmp.other.params.sparsity
-    if s1 > s0 + 0.01 and abs(cmp.theoretical_speedup - 1.0) < 0.01:
+    if cmp.theoretical_speedup is None:
+        notes.append(
+            "MACs of other could not be counted (kernels FlopCounterMode does not know): no theoretical speedup"
+        )
+    elif s1 > s0 + 0.01 and abs(cmp.theoretical_speedup - 1.0) < 0.01:
         notes.append(
             f"other has {s1:.1%} zero parameters (base {s0:.1%}) but the same MACs: dense kernels multiply "
             "the zeros; its storage gain is the zipped ratio, its speed gain only what was measured"
         )
     m = cmp.measured_speedup
-    if m is not None and cmp.theoretical_speedup > 1.05 and m < cmp.theoretical_speedup / 1.5:
+    if (
+        m is not None
+        and cmp.theoretical_speedup is not None
+        and cmp.theoretical_speedup > 1.05
+        and m < cmp.theoretical_speedup / 1.5
+    ):
         notes.append(
             f"measured speedup {m:.2f}x is well below the theoretical {cmp.theoretical_speedup:.2f}x: "
             "fewer MACs did not translate into time on this device (memory-bound layers, overheads)"

@@ -65,7 +65,7 @@ def count_macs(model: nn.Module, example_inputs: Any) -> MacsReport:
     from torch.utils.flop_counter import FlopCounterMode
 
     args = as_tuple(example_inputs)
-    counter = FlopCounterMode(display=False, depth=None)
+    counter = FlopCounterMode(display=False, depth=None, custom_mapping=_extra_formulas())
     own: dict[str, list[Any]] = {}  # name -> [type, own flops, calls]
     stack: list[list[int]] = []  # per active module: [flops at entry, flops in children]
     names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
@@ -115,3 +115,35 @@ def count_macs(model: nn.Module, example_inputs: Any) -> MacsReport:
         by_op=by_op,
         layers=layers,
     )
+
+
+def _int8_mm_flops(a_shape: Any, b_shape: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    """FLOPs of an int8 matrix product (m×k @ k×n): 2·m·k·n, like a float one."""
+    m, k = a_shape
+    return 2 * m * k * b_shape[1]
+
+
+def _int8_conv_flops(
+    x_shape: Any, x_scale: Any, x_zp: Any, w_shape: Any, *args: Any, out_shape: Any = None, **kwargs: Any
+) -> int:
+    """FLOPs of oneDNN's int8 convolution: 2 · output elements · (C_in/groups · k_h · k_w)."""
+    per_output = 1
+    for d in w_shape[1:]:
+        per_output *= d
+    total = 1
+    for d in out_shape:
+        total *= d
+    return 2 * total * per_output
+
+
+def _extra_formulas() -> dict[Any, Any]:
+    """Ops FlopCounterMode does not know but our techniques run: int8 matrix products and convolutions."""
+    import torch
+
+    ops = {}
+    if hasattr(torch.ops.aten, "_int_mm"):
+        ops[torch.ops.aten._int_mm] = _int8_mm_flops  # FlopCounterMode wraps it to receive shapes
+    onednn = getattr(torch.ops, "onednn", None)
+    if onednn is not None and hasattr(onednn, "qconv2d_pointwise"):
+        ops[onednn.qconv2d_pointwise] = _int8_conv_flops
+    return ops
