@@ -163,6 +163,10 @@ def cmd_compress(args: argparse.Namespace):
         from modelscale.train import TrainConfig, fit
 
         fit(result.model, data, TrainConfig(epochs=args.finetune_epochs, lr=args.finetune_lr, seed=args.seed))
+    if args.technique == "qat":  # after quantization-aware training, switch to the real int8 layers
+        from modelscale.techniques.quantize.qat import convert_qat
+
+        result = convert_qat(result.model, inplace=True)
     cmp = compare(bundle.model, result.model, x, loader=_test_loader(data))
     text = compare_markdown(cmp)
     if result.record.notes:
