@@ -165,6 +165,16 @@ def build_parser(technique: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--recipe", default=None, help="only runs of this recipe (list)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
+    p = sub.add_parser(
+        "report", help="Markdown + one self-contained HTML report (plots, Pareto front) for runs"
+    )
+    p.add_argument("ids", nargs="+", help="run id(s) or unique prefixes (see `modelscale runs list`)")
+    p.add_argument(
+        "--store", default=None, help="run store: SQLite file or SQLAlchemy URL (default runs/modelscale.db)"
+    )
+    p.add_argument("--out", default=None, help="output folder (default reports/<run ids>)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
     p = sub.add_parser("demo", help="the main job: train the CNN on digits, prune, fine-tune, report")
     p.add_argument("--out", default=None, help="run folder (default: runs/demo-<time>)")
     p.add_argument("--quick", action="store_true", help="fewer epochs (for smoke tests)")

@@ -279,6 +279,12 @@ def cmd_runs(args: argparse.Namespace):
     return getattr(pipeline, f"runs_{args.action}")(args.ids[0], store=args.store)
 
 
+def cmd_report(args: argparse.Namespace):
+    from modelscale.report import report_command
+
+    return report_command(args.ids, store=args.store, out=args.out)
+
+
 def cmd_demo(args: argparse.Namespace):
     from modelscale.demo import run_demo
 
