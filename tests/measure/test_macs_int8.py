@@ -22,3 +22,14 @@ def test_static_int8_conv_macs_equal_float():
     calibration = [(torch.rand(8, 1, 8, 8), torch.zeros(8, dtype=torch.long))]
     quantized = apply(model, {"type": "static_int8"}, calibration=calibration).model
     assert count_macs(quantized, x).macs == count_macs(model, x).macs > 0
+
+
+def test_quantized_weights_still_count_as_parameters():
+    from modelscale.measure import count_params
+
+    model = build_model("mlp")
+    for config in ({"type": "dynamic_int8"}, {"type": "weight_only", "bits": 4, "group_size": 32}):
+        quantized = apply(model, config).model
+        report = count_params(quantized)
+        assert report.total == count_params(model).total
+        assert report.trainable < report.total  # integer codes are not trained

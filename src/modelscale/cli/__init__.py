@@ -129,6 +129,20 @@ def build_parser(technique: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=30, help="timed repeats for latency")
 
     p = sub.add_parser(
+        "scale", help="scaling study: train a model family at several sizes / data budgets, fit laws"
+    )
+    p.add_argument("study", help="sweep YAML/JSON (one sweep, or {sweeps: [...]})")
+    p.add_argument(
+        "--store", default=None, help="run store: SQLite file or SQLAlchemy URL (default runs/modelscale.db)"
+    )
+    p.add_argument("--out", default=None, help="output folder for summary.md, study.json and figures")
+    p.add_argument("--jobs", type=int, default=1, help="points trained in parallel processes")
+    p.add_argument(
+        "--gpu-sizes", action="store_true", help="also train the sweep's gpu_widths (for GPU machines)"
+    )
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+    p = sub.add_parser(
         "fit-law", help="fit a scaling law L = E + A/N^a (+ B/D^b) to a CSV, with bootstrap CIs"
     )
     p.add_argument("csv", help="CSV file with one row per trained model")

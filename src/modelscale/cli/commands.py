@@ -249,6 +249,14 @@ def cmd_export(args: argparse.Namespace):
     return "\n".join(lines), summary
 
 
+def cmd_scale(args: argparse.Namespace):
+    from modelscale.scaling.study import scale_command
+
+    if args.jobs < 1:
+        raise ModelscaleError(f"--jobs must be >= 1, got {args.jobs}")
+    return scale_command(args.study, store=args.store, out=args.out, jobs=args.jobs, gpu_sizes=args.gpu_sizes)
+
+
 def cmd_fit_law(args: argparse.Namespace):
     from modelscale.scaling import fit_law_command
 

@@ -3,7 +3,9 @@
 A module with a torch parametrization (for example a pruning mask from `techniques/prune/masks.py`)
 stores `parametrizations.weight.original` but computes with `module.weight = original * mask`; every
 count here is taken on that effective weight, so a half-masked layer counts half its weights as
-non-zero. Tied (shared) parameters are counted once.
+non-zero. Quantized layers keep their weights as integer (or fp8) buffers and expose the dequantized
+`module.weight`: those weights are counted too, as frozen parameters. Tied (shared) parameters are
+counted once.
 
 Non-embedding parameters follow Kaplan et al. (2020): everything except token embeddings
 (`nn.Embedding`) and position embeddings (parameters named like `pos_embed`, `position_embedding`,
@@ -76,6 +78,33 @@ def effective_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Module, tor
                     continue
                 seen.add(id(p))
                 yield f"{dotted}{name}", module, p.detach(), p.requires_grad
+            stored = _quantized_weight(module)
+            if stored is not None:
+                yield f"{dotted}weight", module, stored, False
+
+
+_CODE_DTYPES = {
+    torch.int8,
+    torch.uint8,
+    torch.int32,
+    torch.float16,
+    torch.bfloat16,
+    getattr(torch, "float8_e4m3fn", torch.int8),
+}
+
+
+def _quantized_weight(module: nn.Module) -> torch.Tensor | None:
+    """The dequantized weight of a quantized layer (its codes are integer buffers, not parameters).
+
+    Such layers keep their weights as int8 / packed int4 / fp8 / bf16 buffers and expose `module.weight` as the
+    dequantized value; the weights are still the model's parameters, so they are counted (frozen).
+    """
+    if "weight" in module._parameters or parametrize.is_parametrized(module, "weight"):
+        return None
+    if not any(b is not None and b.dtype in _CODE_DTYPES for b in module._buffers.values()):
+        return None
+    weight = getattr(module, "weight", None)
+    return weight.detach() if isinstance(weight, torch.Tensor) and weight.is_floating_point() else None
 
 
 def _is_embedding(name: str, module: nn.Module) -> bool:
