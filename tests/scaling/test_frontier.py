@@ -6,7 +6,12 @@ import pytest
 
 from modelscale.core.errors import ModelscaleError
 from modelscale.data import load_data
-from modelscale.scaling.frontier import compress_or_train_small, default_techniques, head_name, weight_count
+from modelscale.scaling.compress_or_train import (
+    compress_or_train_small,
+    default_techniques,
+    head_name,
+    weight_count,
+)
 from modelscale.scaling.sweep import run_sweep
 from modelscale.train import TrainConfig
 

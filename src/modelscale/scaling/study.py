@@ -267,6 +267,10 @@ def run_study(
         except ImportError:
             result.notes.append("figures skipped: matplotlib is not installed (pip install matplotlib)")
     text = study_markdown(result, rows, fits, skipped, figures)
+    frontier = None
+    if result.config.compress_or_train_small:
+        frontier = _frontier(result, out, plots, figures)
+        text += "\n\n" + frontier.markdown()
     data = {
         "study": result.config.name,
         "sweep": result.to_dict(),
@@ -275,10 +279,35 @@ def run_study(
         "skipped_fits": skipped,
         "exponents": exponents(fits),
         "figures": figures,
+        "compress_or_train_small": frontier.to_dict() if frontier is not None else None,
     }
     write_text(out / "summary.md", text)
     write_json(out / "study.json", data)
     return text, data
+
+
+def _frontier(result: Any, out: Path, plots: bool, figures: list[str]) -> Any:
+    """Compress the sweep's largest model and compare it, size by size, with the family from scratch."""
+    from modelscale.core.errors import ModelscaleError
+    from modelscale.data import load_data
+    from modelscale.scaling.compress_or_train import compress_or_train_small
+
+    cfg = result.config
+    if not cfg.save_models:
+        raise ModelscaleError(
+            "compress_or_train_small needs save_models: true (the largest model is compressed)"
+        )
+    data = load_data(cfg.data, seed=cfg.data_seed, block_size=cfg.block_size, max_bytes=cfg.max_bytes,
+                     **cfg.data_options)  # fmt: skip
+    frontier = compress_or_train_small(result, None, data, threads=cfg.threads)
+    if plots:
+        try:
+            from modelscale.scaling.study_plots import plot_frontier
+
+            figures.append(plot_frontier(frontier, out / "figures" / "compress_or_train_small.png"))
+        except ImportError:
+            frontier.notes.append("frontier figure skipped: matplotlib is not installed")
+    return frontier
 
 
 def scale_command(

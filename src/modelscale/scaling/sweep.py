@@ -97,6 +97,9 @@ class SweepConfig(Config):
     n_boot: int = param(200, "bootstrap resamples for the law intervals (0: none)")
     save_models: bool = param(True, "keep each point's trained weights (compress_or_train_small needs them)")
     threads: int = param(1, "torch CPU threads per point (per process with jobs > 1)")
+    compress_or_train_small: bool = param(
+        False, "also compress the largest model and compare it with the family trained from scratch"
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.train, dict):

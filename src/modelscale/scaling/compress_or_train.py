@@ -14,7 +14,7 @@ quantized one. The winner at a size is the better test metric (accuracy; bits pe
 
 Example::
 
-    from modelscale.scaling.frontier import compress_or_train_small
+    from modelscale.scaling.compress_or_train import compress_or_train_small
     sweep = run_sweep(cfg, out_dir="runs/scale/cnn")            # save_models=True (the default)
     res = compress_or_train_small(sweep, None, load_data("digits"), finetune=TrainConfig(epochs=5))
     print(res.markdown())                                     # one row per size with its winner
@@ -35,14 +35,10 @@ POST_TRAINING = ("weight_only", "dynamic_int8")
 
 
 def weight_count(model: Any) -> int:
-    """Parameters plus the weights held by quantized layers (stored as integer buffers)."""
+    """Parameters, counting the weights quantized layers hold as integer buffers (see measure.params)."""
     from modelscale.measure import count_params
-    from modelscale.techniques.quantize.common import QuantizedLayer
 
-    extra = sum(
-        math.prod(m.geometry["weight_shape"]) for m in model.modules() if isinstance(m, QuantizedLayer)
-    )
-    return count_params(model).total + extra
+    return count_params(model).total
 
 
 @dataclass
