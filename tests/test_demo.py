@@ -19,7 +19,7 @@ def test_quick_demo_writes_run_folder(tmp_path):
     assert recipes == {"unstructured", "structured", "lowrank", "int8", "prune-distill-int8"}
     assert all(v["status"] == "completed" for v in results["variants"]), results["variants"]
     assert len(results["runs"]) == len(results["variants"])
-    assert "Pareto" in report and "data:image/png;base64," in html and "src=\"http" not in html
+    assert "Pareto" in report and "data:image/png;base64," in html and 'src="http' not in html
     assert (run / "baseline" / "model.safetensors").is_file()
     assert (run / "modelscale.db").is_file()
     assert summary["run_dir"] == str(run)
