@@ -92,7 +92,7 @@ def overview(doc: Doc, runs: list[RunView], location: str) -> None:
                 r.label,
                 r.status,
                 f"{done}/{total}",
-                f"{r.config.get('model', {}).get('name', '?')}",
+                _model_label(r.config.get("model", {})),
                 f"{data.get('source', '?')} (seed {data.get('seed', '?')})",
             ]
         )
@@ -369,3 +369,12 @@ def layers(doc: Doc, runs: list[RunView]) -> None:
             shown_names,
             series,
         )
+
+
+def _model_label(model: dict) -> str:
+    """The recipe's model: a zoo name, or the last folder name of a loaded model."""
+    if model.get("name"):
+        return str(model["name"])
+    if model.get("load"):
+        return "loaded: " + str(model["load"]).rstrip("/").split("/")[-1]
+    return "?"
