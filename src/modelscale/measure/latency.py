@@ -18,7 +18,6 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -108,14 +107,9 @@ def _timer(device: torch.device) -> tuple[str, Callable[[Callable[[], Any]], flo
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
+    from modelscale.core.machine import cpu_model
+
+    return cpu_model()
 
 
 def _summarize(
