@@ -39,6 +39,8 @@ def main(out: Path, checkpoint_dir: str | None) -> None:
         rank = result.to_dict()
         torch.save(model.state_dict(), out / f"{name}-rank{torch.distributed.get_rank()}.pt")
         (out / f"{name}-rank{torch.distributed.get_rank()}.json").write_text(json.dumps(rank))
+    # Both ranks finish every collective before either tears gloo down (a race there aborts a worker).
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
 
