@@ -88,13 +88,19 @@ def save_model_dir(path: str | Path, bundle: ModelBundle, *, meta: dict[str, Any
     return save_compressed(path, bundle.model, bundle.records, model_spec=bundle.spec, meta=meta)
 
 
-def load_model_dir(path: str | Path) -> ModelBundle:
+def load_model_dir(path: str | Path, *, allow_pickle: bool = False) -> ModelBundle:
+    """A saved folder as a bundle. `allow_pickle` is the caller's own opt-in (see `core.trust`).
+
+    The bundle's spec carries neither trust keys nor external weights (the folder's own
+    model.safetensors holds them), so re-saving it never passes a file's request on."""
     from modelscale.core.apply import ChangeRecord
-    from modelscale.core.checkpoint import load_compressed, read_manifest
+    from modelscale.core.checkpoint import load_compressed, read_manifest, stored_spec
 
     manifest = read_manifest(path)
-    model = load_compressed(path)
-    return ModelBundle(model, manifest["model"], [ChangeRecord.from_dict(r) for r in manifest["records"]])
+    model = load_compressed(path, allow_pickle=allow_pickle)
+    spec = stored_spec(path, manifest, allow_pickle=allow_pickle)
+    spec.pop("weights", None)
+    return ModelBundle(model, spec, [ChangeRecord.from_dict(r) for r in manifest["records"]])
 
 
 def is_model_dir(path: str) -> bool:

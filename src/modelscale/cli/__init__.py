@@ -40,12 +40,21 @@ def _common(p: argparse.ArgumentParser, *, model_positional: bool = True) -> Non
     p.add_argument("--width", type=float, default=1.0, help="width multiplier of zoo models")
     p.add_argument("--depth", type=float, default=1.0, help="depth multiplier of zoo models")
     p.add_argument("--weights", help="weights file (.safetensors or a torch state dict)")
-    p.add_argument(
-        "--allow-pickle", action="store_true", help="allow loading pickled code (only for files you trust)"
-    )
+    _allow_pickle(p)
     p.add_argument("--seed", type=int, default=0, help="seed for data splits and training")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def _allow_pickle(
+    p: argparse.ArgumentParser, what: str = "the weights and model folder this command names"
+) -> None:
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help=f"allow pickled weights (they can run code) for {what}; only for files you trust — "
+        "no file can turn this on",
+    )
 
 
 def build_parser(technique: str | None = None) -> argparse.ArgumentParser:
@@ -140,6 +149,7 @@ def build_parser(technique: str | None = None) -> argparse.ArgumentParser:
     p.add_argument(
         "--gpu-sizes", action="store_true", help="also train the sweep's gpu_widths (for GPU machines)"
     )
+    _allow_pickle(p, "the weights the study's model_options name")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
     p = sub.add_parser(
@@ -168,6 +178,7 @@ def build_parser(technique: str | None = None) -> argparse.ArgumentParser:
     p.add_argument(
         "--epochs", type=int, default=None, help="override every training step's epochs (quick runs)"
     )
+    _allow_pickle(p, "the weights and model folders the recipe names")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
     p = sub.add_parser("runs", help="list, show, compare or delete recorded runs")

@@ -33,7 +33,7 @@ def _load_data(args: argparse.Namespace, *, required: bool = False):
 
 def _load_model(source: str, args: argparse.Namespace, data: Any) -> ModelBundle:
     if is_model_dir(source):
-        return load_model_dir(source)
+        return load_model_dir(source, allow_pickle=getattr(args, "allow_pickle", False))
     if Path(source).exists() and Path(source).is_dir():
         raise ModelscaleError(f"{source} is a folder but not a saved modelscale model (no modelscale.json)")
     shape = parse_shape(getattr(args, "input_shape", None))
@@ -234,6 +234,7 @@ def cmd_export(args: argparse.Namespace):
         threads=args.threads,
         repeats=args.repeats,
         seed=args.seed,
+        allow_pickle=args.allow_pickle,
     )
     lines = [f"exported to {args.out}:"]
     for name, info in summary["files"].items():
@@ -254,7 +255,14 @@ def cmd_scale(args: argparse.Namespace):
 
     if args.jobs < 1:
         raise ModelscaleError(f"--jobs must be >= 1, got {args.jobs}")
-    return scale_command(args.study, store=args.store, out=args.out, jobs=args.jobs, gpu_sizes=args.gpu_sizes)
+    return scale_command(
+        args.study,
+        store=args.store,
+        out=args.out,
+        jobs=args.jobs,
+        gpu_sizes=args.gpu_sizes,
+        allow_pickle=args.allow_pickle,
+    )
 
 
 def cmd_fit_law(args: argparse.Namespace):
@@ -271,7 +279,12 @@ def cmd_run(args: argparse.Namespace):
     from modelscale.pipeline import run_command
 
     return run_command(
-        args.recipe, store=args.store, run_dir=args.run_dir, resume=not args.no_resume, epochs=args.epochs
+        args.recipe,
+        store=args.store,
+        run_dir=args.run_dir,
+        resume=not args.no_resume,
+        epochs=args.epochs,
+        allow_pickle=args.allow_pickle,
     )
 
 

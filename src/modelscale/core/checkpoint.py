@@ -7,7 +7,8 @@ Layout of a saved folder::
 
 Reloading builds the base model (from the stored spec through the model zoo, or the one the caller
 passes), replays each record's restore function to recreate the changed structure, then loads the
-weights strictly. No pickled code is ever executed.
+weights strictly. No pickled code is ever executed unless the caller passes `allow_pickle=True`: the
+folder's manifest can never grant that itself (see `modelscale.core.trust`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch import nn
 from modelscale.core.apply import ChangeRecord, restore
 from modelscale.core.errors import ModelscaleError
 from modelscale.core.io import atomic_path, write_json
+from modelscale.core.trust import file_options
 
 FORMAT_VERSION = 1
 
@@ -66,23 +68,44 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def load_compressed(path: str | Path, base_model: nn.Module | None = None) -> nn.Module:
+def stored_spec(path: str | Path, manifest: dict[str, Any], *, allow_pickle: bool = False) -> dict[str, Any]:
+    """The manifest's model spec, safe to pass to `build_model(**spec)`.
+
+    Keys that would let the file grant itself trust are refused (or, with the user's own
+    `allow_pickle`, dropped); a relative `weights` path is read relative to the folder.
+    """
+    spec = manifest.get("model")
+    if not spec:
+        raise ModelscaleError(f"{path} stores no model spec; pass the base model to load_compressed")
+    if not isinstance(spec, dict):
+        raise ModelscaleError(
+            f"{Path(path) / 'modelscale.json'} has a malformed model spec; re-save the model"
+        )
+    spec = file_options(spec, where=str(Path(path) / "modelscale.json"), allow_pickle=allow_pickle)
+    weights = spec.get("weights")
+    if isinstance(weights, str) and not Path(weights).is_absolute():
+        spec["weights"] = str(Path(path) / weights)
+    return spec
+
+
+def load_compressed(
+    path: str | Path, base_model: nn.Module | None = None, *, allow_pickle: bool = False
+) -> nn.Module:
     """Rebuild a model saved with `save_compressed`.
 
     `base_model` is a freshly built, uncompressed model of the same architecture; when omitted the
-    stored model spec is built through the model zoo.
+    stored model spec is built through the model zoo. `allow_pickle=True` is the caller's own opt-in to
+    pickled weights the folder names; nothing in the folder can turn it on.
     """
     from safetensors.torch import load_model
 
     path = Path(path)
     manifest = read_manifest(path)
     if base_model is None:
-        spec = manifest.get("model")
-        if not spec:
-            raise ModelscaleError(f"{path} stores no model spec; pass the base model to load_compressed")
         from modelscale.models import build_model
 
-        base_model = build_model(**spec)
+        spec = stored_spec(path, manifest, allow_pickle=allow_pickle)
+        base_model = build_model(**spec, allow_pickle=allow_pickle)
     for record in manifest["records"]:
         restore(base_model, ChangeRecord.from_dict(record))
     weights = path / "model.safetensors"

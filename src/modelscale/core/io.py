@@ -88,8 +88,23 @@ def save_torch(obj: Any, path: str | Path) -> Path:
     return Path(path)
 
 
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
+_PICKLE_PROTOCOLS = range(2, 6)  # legacy torch.save files open with a pickle protocol 2-5 header
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    with path.open("rb") as fh:
+        head = fh.read(4)
+    if head.startswith(_ZIP_MAGIC):
+        return True
+    return len(head) >= 2 and head[0] == 0x80 and head[1] in _PICKLE_PROTOCOLS
+
+
 def load_torch(path: str | Path, *, allow_pickle: bool = False, map_location: Any = "cpu") -> Any:
-    """torch.load with `weights_only=True` unless `allow_pickle`; clear one-line errors."""
+    """torch.load with `weights_only=True` unless `allow_pickle`; clear one-line errors.
+
+    A file that is neither torch's zip format nor a pickle is "not a weights file" — never a reason to
+    suggest the unsafe opt-in."""
     import pickle
 
     import torch
@@ -97,6 +112,11 @@ def load_torch(path: str | Path, *, allow_pickle: bool = False, map_location: An
     path = Path(path)
     if not path.is_file():
         raise ModelscaleError(f"checkpoint not found: {path}; check the path")
+    if not _looks_like_torch_file(path):
+        raise ModelscaleError(
+            f"{path} is not a weights file (neither safetensors nor a PyTorch checkpoint); "
+            "pass a .safetensors file or a torch.save'd state dict"
+        )
     try:
         return torch.load(path, map_location=map_location, weights_only=not allow_pickle)
     except pickle.UnpicklingError as exc:

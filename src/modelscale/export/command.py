@@ -57,6 +57,7 @@ def export_command(
     max_eval_examples: int = 2048,
     seed: int = 0,
     spin: bool = False,
+    allow_pickle: bool = False,
 ) -> dict[str, Any]:
     """Export, optionally quantize, check agreement and time; write `<out_dir>/export_summary.json`.
 
@@ -74,7 +75,7 @@ def export_command(
         raise ModelscaleError(f"batch_sizes must be positive integers, got {batch_sizes!r}")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ModelscaleError(f"threads must be an integer >= 1 or None, got {threads!r}")
-    model, spec, source_name = _load_model(source)
+    model, spec, source_name = _load_model(source, allow_pickle=allow_pickle)
     model = model.cpu().eval()
     bundle = _load_bundle(data, model, spec, seed)
     if quantize == "static" and bundle is None:
@@ -143,7 +144,7 @@ def machine_notes(threads: int | None = None) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------- internals
 
 
-def _load_model(source: Any) -> tuple[nn.Module, dict[str, Any] | None, str]:
+def _load_model(source: Any, *, allow_pickle: bool = False) -> tuple[nn.Module, dict[str, Any] | None, str]:
     if isinstance(source, nn.Module):
         return source, getattr(source, "modelscale_spec", None), type(source).__name__
     path = Path(source)
@@ -151,10 +152,10 @@ def _load_model(source: Any) -> tuple[nn.Module, dict[str, Any] | None, str]:
         raise ModelscaleError(
             f"{path} is not a model folder; pass a folder written by save_compressed (with modelscale.json)"
         )
-    from modelscale.core.checkpoint import load_compressed, read_manifest
+    from modelscale.workflow import load_model_dir
 
-    model = load_compressed(path)
-    return model, read_manifest(path).get("model"), str(path)
+    bundle = load_model_dir(path, allow_pickle=allow_pickle)
+    return bundle.model, bundle.spec, str(path)
 
 
 def _load_bundle(data: Any, model: nn.Module, spec: dict[str, Any] | None, seed: int) -> Any:

@@ -61,7 +61,7 @@ def build_model(
         **kwargs,
     )
     args = check_args(num_classes, input_shape, width, depth, dropout)
-    model = build(name, args, kwargs)
+    model = build(name, args, kwargs, allow_pickle=allow_pickle)
     if weights is not None:
         from modelscale.models.weights import load_weights
 

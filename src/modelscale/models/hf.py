@@ -5,6 +5,8 @@
 - `tiny-gpt2`, `tiny-bert`, `tiny-llama` — built-in tiny configs (byte vocabulary of 256, hidden 64·width,
   2·depth layers, 4 heads), random init, for tests and scaling sweeps;
 - a directory with `config.json` and weights — loaded with `from_pretrained(dir, local_files_only=True)`;
+  safetensors weights only, unless the caller passes its own `allow_pickle=True` for a folder that holds
+  only pickled ones (`pytorch_model.bin`); a model's custom code (`auto_map`) never runs;
 - a `config.json` file — that architecture, random init.
 
 Nothing is ever downloaded: hub ids are refused (download the model yourself and pass its directory).
@@ -54,12 +56,22 @@ class HFLogits(nn.Module):
 
 
 def _transformers():
+    import logging
+
+    # transformers' model code imports torchao, whose enum registration makes the newest torch log a
+    # deprecation warning per enum on stderr; it is not the user's concern, so it is kept quiet here.
+    pytree_log = logging.getLogger("torch.utils._pytree")
+    level = pytree_log.level
+    pytree_log.setLevel(logging.ERROR)
     try:
         import transformers
+        import transformers.modeling_utils  # noqa: F401 - the import that logs
     except ImportError:
         raise ModelscaleError(
             "hf: models need the transformers package; install modelscale[hf] (pip install transformers)"
         ) from None
+    finally:
+        pytree_log.setLevel(level)
     return transformers
 
 
@@ -122,6 +134,23 @@ def _prepare(config: Any, args: ModelArgs, task: str, notes: list[str]) -> None:
         config.use_cache = False
 
 
+_PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def _weights_format(path: Path, allow_pickle: bool) -> bool:
+    """True to load safetensors only; refuses a folder whose only weights are pickles without the opt-in."""
+    if any(path.glob("*.safetensors")):
+        return True
+    pickled = sorted(p.name for pattern in _PICKLED_WEIGHTS for p in path.glob(pattern))
+    if pickled and not allow_pickle:
+        raise ModelscaleError(
+            f"hf:{path} holds only pickled weights ({', '.join(pickled[:3])}), which can run code when loaded; "
+            "convert them to safetensors (save_pretrained(dir, safe_serialization=True)) where you trust them, "
+            "or pass --allow-pickle (Python: allow_pickle=True) if you trust this folder"
+        )
+    return not pickled
+
+
 def _load_dir(
     tf: Any,
     path: Path,
@@ -130,9 +159,11 @@ def _load_dir(
     overrides: dict[str, Any],
     kw: dict[str, Any],
     notes: list[str],
+    allow_pickle: bool = False,
 ) -> nn.Module:
     if not (path / "config.json").is_file():
         raise ModelscaleError(f"hf:{path} has no config.json; pass a transformers model directory")
+    safe_only = _weights_format(path, allow_pickle)
     config = tf.AutoConfig.from_pretrained(str(path), local_files_only=True)
     _set_overrides(config, overrides, str(path))
     _prepare(config, args, task, notes)
@@ -141,9 +172,9 @@ def _load_dir(
     try:
         model, info = _auto_class(tf, task).from_pretrained(
             str(path), config=config, local_files_only=True, output_loading_info=True,
-            ignore_mismatched_sizes=task == "classification", **kw,
+            ignore_mismatched_sizes=task == "classification", use_safetensors=safe_only, **kw,
         )  # fmt: skip
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - transformers raises many types; the user gets one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelscaleError(
             f"cannot load hf:{path}: {first}; the folder needs config.json and weights "
@@ -170,8 +201,14 @@ def build_hf(
     task: str = "classification",
     block_size: int | None = None,
     attn_implementation: str | None = None,
+    allow_pickle: bool = False,
     **overrides: Any,
 ) -> nn.Module:
+    if "trust_remote_code" in overrides:
+        raise ModelscaleError(
+            "hf models never run their own code (trust_remote_code); use a model that standard "
+            "transformers classes load"
+        )
     if task not in TASKS:
         raise ModelscaleError(f"hf task must be one of {', '.join(TASKS)}; got {task!r}")
     if block_size is None:
@@ -196,7 +233,7 @@ def build_hf(
     if attn_implementation is not None:
         kw["attn_implementation"] = attn_implementation
     if path.is_dir() and not builtin:
-        model = _load_dir(tf, path, args, task, overrides, kw, notes)
+        model = _load_dir(tf, path, args, task, overrides, kw, notes, allow_pickle)
     else:
         if builtin:
             config = _tiny_config(tf, arg, args, block_size, task)

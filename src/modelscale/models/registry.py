@@ -160,9 +160,13 @@ def check_kwargs(family: ModelFamily, name: str, kwargs: dict[str, Any]) -> None
         )
 
 
-def build(name: str, args: ModelArgs, kwargs: dict[str, Any]) -> nn.Module:
+def build(name: str, args: ModelArgs, kwargs: dict[str, Any], *, allow_pickle: bool = False) -> nn.Module:
+    """Build through the family's builder. `allow_pickle` (the caller's own opt-in) reaches only
+    builders that load files themselves and declare an `allow_pickle` parameter (hf:)."""
     family, arg = resolve(name)
     check_kwargs(family, name, kwargs)
+    if "allow_pickle" in inspect.signature(family.builder).parameters:
+        kwargs = {**kwargs, "allow_pickle": allow_pickle}
     if family.prefix:
         return family.builder(args, arg, **kwargs)
     return family.builder(args, **kwargs)

@@ -77,9 +77,11 @@ def run_command(
     resume: bool = True,
     progress: bool = True,
     epochs: int | None = None,
+    allow_pickle: bool = False,
 ) -> tuple[str, dict[str, Any]]:
     """`modelscale run RECIPE`: validate, run or resume, and summarize. `epochs` shortens every
-    training section (a smoke run of a full recipe, kept in `runs/<name>-epochs<N>` by default)."""
+    training section (a smoke run of a full recipe, kept in `runs/<name>-epochs<N>` by default).
+    `allow_pickle` is the user's own opt-in to pickled weights the recipe names."""
     from modelscale.pipeline.recipe import load_recipe, patch_recipe, read_recipe
     from modelscale.pipeline.runner import run_recipe
 
@@ -89,7 +91,9 @@ def run_command(
     plan = load_recipe(data)
     if run_dir is None and epochs is not None:  # keep smoke runs apart from the full run's checkpoints
         run_dir = Path("runs") / f"{plan.name}-epochs{epochs}"
-    result = run_recipe(plan, store=store, run_dir=run_dir, resume=resume, progress=progress)
+    result = run_recipe(
+        plan, store=store, run_dir=run_dir, resume=resume, progress=progress, allow_pickle=allow_pickle
+    )
     headers = [
         "variant",
         "run id",

@@ -33,6 +33,7 @@ from typing import Any
 
 from modelscale.core.config import Config
 from modelscale.core.errors import ModelscaleError
+from modelscale.core.trust import TRUST_KEYS
 from modelscale.pipeline.sections import DataSection, ExportConfig, MeasureSection, ModelSection
 from modelscale.pipeline.sweep import Variant, expand_sweeps
 
@@ -247,10 +248,12 @@ def _model(data: Any, where: str) -> ModelSection:
     kwargs = data.get("kwargs") or {}
     if not isinstance(kwargs, dict):
         raise ModelscaleError(f"{where}.kwargs: must be a mapping of model options; got {kwargs!r}")
-    if "allow_pickle" in kwargs:
-        raise ModelscaleError(
-            f"{where}.kwargs.allow_pickle: not allowed in recipes; use .safetensors weights"
-        )
+    for key in TRUST_KEYS:
+        if key in kwargs:
+            raise ModelscaleError(
+                f"{where}.kwargs.{key}: not allowed in recipes; a file cannot grant trust — remove it "
+                "(and, for pickled weights you trust, pass --allow-pickle to modelscale run)"
+            )
     try:
         family, _ = resolve(data["name"])
     except ModelscaleError as exc:
@@ -264,7 +267,11 @@ def _model(data: Any, where: str) -> ModelSection:
             kwargs.get("depth", 1.0),
             kwargs.get("dropout", 0.0),
         )
-        check_kwargs(family, data["name"], {k: v for k, v in kwargs.items() if k not in (*shared, "weights")})
+        check_kwargs(
+            family,
+            data["name"],
+            {k: v for k, v in kwargs.items() if k not in (*shared, "weights")},
+        )
     except ModelscaleError as exc:
         raise field_error(f"{where}.kwargs", exc, shared) from None
     return ModelSection(name=data["name"], kwargs=dict(kwargs))

@@ -92,15 +92,17 @@ def run_recipe(
     run_dir: str | Path | None = None,
     resume: bool = True,
     progress: bool = True,
+    allow_pickle: bool = False,
 ) -> RunResult:
     """Run (or resume) every variant of `recipe`; returns what happened to each step.
 
     `store`: a RunStore, a path / SQLAlchemy URL, or None for `runs/modelscale.db`. `run_dir`: the run
     folder (default `runs/<recipe name>`). `resume=False` wipes this recipe's variant folders first.
+    `allow_pickle` is the user's own opt-in to pickled weights the recipe names; the recipe cannot set it.
     """
     plan = recipe if isinstance(recipe, RecipePlan) else load_recipe(recipe)
     run_path = Path(run_dir) if run_dir is not None else Path("runs") / plan.name
-    _preflight(plan, run_path, resume)
+    _preflight(plan, run_path, resume, allow_pickle)
     own_store = not isinstance(store, RunStore)
     with run_lock(run_path):
         db = open_store(store)
@@ -113,7 +115,8 @@ def run_recipe(
             fresh: set[str] = set()  # variant folders (re)computed by this call
             results = []
             for r in plan.variants:
-                results.append(_Variant(r, db, run_path, data_cache, say, resume, progress, fresh).run())
+                variant = _Variant(r, db, run_path, data_cache, say, resume, progress, fresh, allow_pickle)
+                results.append(variant.run())
                 fresh.add(r.variant.slug)
             return RunResult(plan.name, str(run_path), db.location, results)
         finally:
@@ -121,11 +124,17 @@ def run_recipe(
                 db.close()
 
 
-def _preflight(plan: RecipePlan, run_path: Path, resume: bool) -> None:
-    """Checks that need the machine or the run folder, before anything runs."""
+def _preflight(plan: RecipePlan, run_path: Path, resume: bool, allow_pickle: bool = False) -> None:
+    """Checks that need the machine, the run folder or the user's flags, before anything runs."""
     import torch
 
     for recipe in plan.variants:
+        S.check_trust(recipe.model, "model", allow_pickle=allow_pickle)
+        if recipe.baseline_load:
+            S.check_trust(S.ModelSection(load=recipe.baseline_load), "baseline", allow_pickle=allow_pickle)
+        for step in recipe.steps:
+            if step.kind == "distill":
+                S.check_trust(step.config.student, f"{step.name}.student", allow_pickle=allow_pickle)
         trains = [recipe.baseline_train] + [
             s.config if s.kind == "finetune" else s.config.train
             for s in recipe.steps
@@ -176,9 +185,10 @@ class _Variant:
         resume: bool,
         progress: bool,
         fresh: set[str],
+        allow_pickle: bool = False,
     ) -> None:
         self.recipe, self.db, self.run_path, self.cache, self.say = recipe, db, run_path, cache, say
-        self.resume, self.progress, self.fresh = resume, progress, fresh
+        self.resume, self.progress, self.fresh, self.allow_pickle = resume, progress, fresh, allow_pickle
         self.vdir = run_path / recipe.variant.slug
         self.steps = _all_steps(recipe)
 
@@ -390,7 +400,9 @@ class _Variant:
         data = self.data()
         seed = self.recipe.data.seed
         if step.kind == "baseline":
-            outcome = S.run_baseline(self.recipe, data, progress=self.progress)
+            outcome = S.run_baseline(
+                self.recipe, data, progress=self.progress, allow_pickle=self.allow_pickle
+            )
         elif step.kind == "technique":
             outcome = S.run_technique(step, bundle, data, seed)
         elif step.kind == "finetune":
@@ -398,7 +410,12 @@ class _Variant:
         elif step.kind == "distill":
             teacher = next(s for s in self.steps if s.name == step.config.teacher)
             outcome = S.run_distill(
-                step, bundle, data, load_model_dir(self.vdir / teacher.folder), progress=self.progress
+                step,
+                bundle,
+                data,
+                load_model_dir(self.vdir / teacher.folder),
+                progress=self.progress,
+                allow_pickle=self.allow_pickle,
             )
         else:
             outcome = S.run_export(step, bundle, data, sdir)

@@ -71,16 +71,32 @@ def calibration_batches(data: Any, seed: int) -> list[Any]:
     return [b for _, b in zip(range(CALIBRATION_BATCHES), loader)]
 
 
-def build_model(section: ModelSection, data: Any, seed: int) -> Any:
-    """A fresh zoo model sized for `data`, or a saved model folder."""
+def build_model(section: ModelSection, data: Any, seed: int, *, allow_pickle: bool = False) -> Any:
+    """A fresh zoo model sized for `data`, or a saved model folder.
+
+    `allow_pickle` is the user's own opt-in (`modelscale run --allow-pickle`); the recipe cannot set it."""
+    from modelscale.core.trust import file_options
     from modelscale.workflow import build_for, load_model_dir
 
     if section.load:
-        return load_model_dir(section.load)
-    kwargs = dict(section.kwargs)
+        return load_model_dir(section.load, allow_pickle=allow_pickle)
+    kwargs = file_options(section.kwargs, where="the recipe's model kwargs", allow_pickle=allow_pickle)
     weights = kwargs.pop("weights", None)
     torch.manual_seed(seed)  # reproducible initialization
-    return build_for(section.name, data=data, weights=weights, **kwargs)
+    return build_for(section.name, data=data, weights=weights, allow_pickle=allow_pickle, **kwargs)
+
+
+def check_trust(section: ModelSection | None, where: str, *, allow_pickle: bool) -> None:
+    """Refuse, before anything runs, a recipe model section (or the folder it loads) that asks for trust."""
+    from modelscale.core.checkpoint import read_manifest, stored_spec
+    from modelscale.core.trust import file_options
+
+    if section is None:
+        return
+    if section.load:
+        stored_spec(section.load, read_manifest(section.load), allow_pickle=allow_pickle)
+    else:
+        file_options(section.kwargs, where=f"{where}.kwargs", allow_pickle=allow_pickle)
 
 
 def train(
@@ -125,13 +141,16 @@ def train(
     return summary, rows
 
 
-def run_baseline(recipe: Recipe, data: Any, *, progress: bool = True) -> StepOutcome:
+def run_baseline(
+    recipe: Recipe, data: Any, *, progress: bool = True, allow_pickle: bool = False
+) -> StepOutcome:
     from modelscale.workflow import load_model_dir
 
     if recipe.baseline_load:
-        return StepOutcome(load_model_dir(recipe.baseline_load), {"loaded": recipe.baseline_load})
+        bundle = load_model_dir(recipe.baseline_load, allow_pickle=allow_pickle)
+        return StepOutcome(bundle, {"loaded": recipe.baseline_load})
     seed = recipe.baseline_train.seed if recipe.baseline_train is not None else recipe.data.seed
-    bundle = build_model(recipe.model, data, seed)
+    bundle = build_model(recipe.model, data, seed, allow_pickle=allow_pickle)
     if recipe.baseline_train is None:
         return StepOutcome(bundle, {"trained": False})
     summary, rows = train(bundle.model, data, recipe.baseline_train, progress=progress)
@@ -197,12 +216,14 @@ def run_finetune(
     return StepOutcome(bundle, {"train": summary}, rows)
 
 
-def run_distill(step: Step, bundle: Any, data: Any, teacher: Any, *, progress: bool = True) -> StepOutcome:
+def run_distill(
+    step: Step, bundle: Any, data: Any, teacher: Any, *, progress: bool = True, allow_pickle: bool = False
+) -> StepOutcome:
     _, distill = distill_api()
     spec: DistillStep = step.config
     student = bundle
     if spec.student is not None:
-        student = build_model(spec.student, data, spec.train.seed)
+        student = build_model(spec.student, data, spec.train.seed, allow_pickle=allow_pickle)
 
     def fit_fn(model: Any, data: Any, config: Any, callbacks: list[Any]) -> Any:
         return distill(model, teacher.model, data, config, spec.config, callbacks=callbacks)

@@ -245,12 +245,21 @@ def run_study(
     gpu_sizes: bool = False,
     plots: bool = True,
     progress: bool = True,
+    allow_pickle: bool = False,
 ) -> tuple[str, dict[str, Any]]:
     """One sweep + fits + summary.md, study.json and figures under `out`; returns (Markdown, data)."""
     from modelscale.core.io import write_json, write_text
 
     out = Path(out)
-    result = run_sweep(config, store=store, out_dir=out, progress=progress, jobs=jobs, gpu_sizes=gpu_sizes)
+    result = run_sweep(
+        config,
+        store=store,
+        out_dir=out,
+        progress=progress,
+        jobs=jobs,
+        gpu_sizes=gpu_sizes,
+        allow_pickle=allow_pickle,
+    )
     rows = aggregate(result)
     fits, skipped = fit_study(rows, n_boot=result.config.n_boot)
     if "joint" in fits and rows and rows[0]["metric"] != "bits_per_byte":
@@ -319,6 +328,7 @@ def scale_command(
     gpu_sizes: bool = False,
     plots: bool = True,
     progress: bool = True,
+    allow_pickle: bool = False,
 ) -> tuple[str, dict[str, Any]]:
     """`modelscale scale study.yaml [--out DIR] [--jobs N] [--gpu-sizes]`: sweep(s), laws, summary, JSON.
 
@@ -337,6 +347,7 @@ def scale_command(
             gpu_sizes=gpu_sizes,
             plots=plots,
             progress=progress,
+            allow_pickle=allow_pickle,
         )
         texts.append(text)
         studies.append(data)

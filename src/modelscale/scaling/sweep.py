@@ -249,9 +249,12 @@ def train_flops_per_example(model: Any, x: Any, y: Any, task: str) -> float:
     return counter.get_total_flops() / x.shape[0]
 
 
-def _record(config: SweepConfig, point: SweepPoint, out_dir: Path) -> dict[str, Any]:
+def _record(
+    config: SweepConfig, point: SweepPoint, out_dir: Path, *, allow_pickle: bool = False
+) -> dict[str, Any]:
     import torch
 
+    from modelscale.core.trust import file_options
     from modelscale.data import load_data
     from modelscale.measure import count_macs, count_params
     from modelscale.models import build_model
@@ -277,7 +280,10 @@ def _record(config: SweepConfig, point: SweepPoint, out_dir: Path) -> dict[str, 
         input_shape=data.input_shape,
         width=point.width,
         depth=point.depth,
-        **config.model_options,
+        allow_pickle=allow_pickle,
+        **file_options(
+            config.model_options, where=f"study {config.name!r} model_options", allow_pickle=allow_pickle
+        ),
     )
     params = count_params(model)
     x1 = data.train[0][0].unsqueeze(0)
@@ -342,8 +348,17 @@ NUMERIC_METRICS = (
 )  # fmt: skip
 
 
-def execute_point(config_data: dict[str, Any], point_data: dict[str, Any], store_location: str, out_dir: str):
-    """Train and record one point; returns (record or None, error or None). Safe to run in a worker process."""
+def execute_point(
+    config_data: dict[str, Any],
+    point_data: dict[str, Any],
+    store_location: str,
+    out_dir: str,
+    allow_pickle: bool = False,
+):
+    """Train and record one point; returns (record or None, error or None). Safe to run in a worker process.
+
+    `allow_pickle` is the user's own opt-in (never read from the study file) for pickled weights that
+    the study's model_options name."""
     from modelscale.pipeline.store import RunStore
 
     config = SweepConfig.from_dict(config_data)
@@ -365,7 +380,7 @@ def execute_point(config_data: dict[str, Any], point_data: dict[str, Any], store
         threads = torch.get_num_threads()
         try:
             torch.set_num_threads(config.threads)
-            rec = _record(config, point, out)
+            rec = _record(config, point, out, allow_pickle=allow_pickle)
         except Exception as exc:  # noqa: BLE001 - one failed point must not stop the sweep
             error = f"{type(exc).__name__}: {exc}".splitlines()[0]
             db.finish_step(
@@ -422,11 +437,13 @@ def run_sweep(
     progress: bool = True,
     jobs: int = 1,
     gpu_sizes: bool = False,
+    allow_pickle: bool = False,
 ) -> SweepResult:
     """Run every point not already completed in `store` (default runs/modelscale.db); see the module docstring.
 
     `out_dir` holds the points' weights (with save_models) and identifies the sweep in the store
-    together with its name. `jobs` > 1 runs points in that many spawned processes.
+    together with its name. `jobs` > 1 runs points in that many spawned processes. `allow_pickle` is the
+    user's own opt-in to pickled weights named in model_options; the study file cannot grant it.
     """
     from modelscale.pipeline.progress import Printer
     from modelscale.pipeline.store import open_store
@@ -440,6 +457,11 @@ def run_sweep(
     from modelscale.models.registry import resolve
 
     resolve(config.model)  # unknown model: fail before any point runs
+    from modelscale.core.trust import file_options
+
+    file_options(
+        config.model_options, where=f"study {config.name!r} model_options", allow_pickle=allow_pickle
+    )
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -471,7 +493,7 @@ def run_sweep(
     config_data = config.to_dict()
     if jobs > 1:
         config_data["train"]["progress"] = False  # one line per point instead of interleaved bars
-    args = [(config_data, dataclasses.asdict(p), location, str(out)) for p in todo]
+    args = [(config_data, dataclasses.asdict(p), location, str(out), allow_pickle) for p in todo]
 
     def collect(point: SweepPoint, outcome: tuple[Any, Any]) -> None:
         nonlocal done
