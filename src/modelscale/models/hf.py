@@ -7,11 +7,14 @@
 - a directory with `config.json` and weights — loaded with `from_pretrained(dir, local_files_only=True)`;
   safetensors weights only, unless the caller passes its own `allow_pickle=True` for a folder that holds
   only pickled ones (`pytorch_model.bin`); a model's custom code (`auto_map`) never runs;
-- a `config.json` file — that architecture, random init.
+- a `config.json` file — that architecture, random init;
+- a packaged model's name, e.g. `all-minilm-l6-v2` (see `models/packaged.py`): its installed folder.
 
 Nothing is ever downloaded: hub ids are refused (download the model yourself and pass its directory).
 Keyword options: `task="classification"` (AutoModelForSequenceClassification with `num_classes` labels)
-or `task="lm"` (AutoModelForCausalLM), `block_size` (position embeddings of the tiny configs),
+or `task="lm"` (AutoModelForCausalLM) or `task="embedding"` (AutoModel; forward returns the
+attention-mask mean of the last hidden states, (B, hidden): sentence-transformers' pooling), `block_size`
+(position embeddings of the tiny configs),
 `attn_implementation` ("eager" | "sdpa"), and any other key is set on the transformers config (e.g.
 `num_attention_heads=8`). The result is `HFLogits`, whose forward(input_ids) returns the `.logits`
 tensor: (B, num_classes) for classification, (B, T, vocab) for lm; the transformers model is `.hf`.
@@ -35,7 +38,7 @@ from torch import nn
 from modelscale.core.errors import ModelscaleError
 from modelscale.models.registry import ModelArgs, register_model
 
-TASKS = ("classification", "lm")
+TASKS = ("classification", "lm", "embedding")
 TINY = ("tiny-bert", "tiny-gpt2", "tiny-llama")
 _HEADS = 4
 _VOCAB = 256
@@ -50,6 +53,12 @@ class HFLogits(nn.Module):
         self.task = task
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.task == "embedding":
+            hidden = self.hf(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            if attention_mask is None:
+                return hidden.mean(dim=1)
+            weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
+            return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
         if attention_mask is None:
             return self.hf(input_ids=input_ids).logits
         return self.hf(input_ids=input_ids, attention_mask=attention_mask).logits
@@ -111,6 +120,8 @@ def _set_overrides(config: Any, overrides: dict[str, Any], source: str) -> None:
 
 
 def _auto_class(tf: Any, task: str) -> Any:
+    if task == "embedding":
+        return tf.AutoModel
     return tf.AutoModelForSequenceClassification if task == "classification" else tf.AutoModelForCausalLM
 
 
@@ -215,7 +226,9 @@ def build_hf(
         block_size = args.input_shape[0] if len(args.input_shape) == 1 else 128
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise ModelscaleError(f"hf option block_size must be an integer >= 1, got {block_size!r}")
-    path = Path(arg).expanduser()
+    from modelscale.models.packaged import packaged_model_dir
+
+    path = packaged_model_dir(arg) or Path(arg).expanduser()
     builtin = arg in TINY
     if not builtin and not path.exists():
         raise ModelscaleError(
