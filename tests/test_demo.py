@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from modelscale.demo import demo_recipes, run_demo
 
@@ -18,9 +19,15 @@ def test_quick_demo_writes_run_folder(tmp_path):
     recipes = {v["recipe"] for v in results["variants"]}
     assert recipes == {"unstructured", "structured", "lowrank", "int8", "prune-distill-int8"}
     assert all(v["status"] == "completed" for v in results["variants"]), results["variants"]
-    assert len(results["runs"]) == len(results["variants"])
+    assert len(results["runs"]) == len(results["variants"]) + 1  # the baseline is its own recorded run
     assert "Pareto" in report and "data:image/png;base64," in html and 'src="http' not in html
-    assert (run / "baseline" / "model.safetensors").is_file()
+    assert (Path(results["baseline"]["folder"]) / "model.safetensors").is_file()
+    # One baseline row: every variant loaded the same trained model, which was measured once.
+    pareto = [line for line in report.splitlines() if line.startswith("| baseline")]
+    assert len(pareto) == 1, pareto
+    # Each variant's measured speedup is a paired ratio against that baseline.
+    speedups = report.split("Theoretical vs measured speedup", 1)[1].split("\n## ", 1)[0]
+    assert "paired and interleaved" in speedups
     assert (run / "modelscale.db").is_file()
     assert summary["run_dir"] == str(run)
 

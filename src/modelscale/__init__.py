@@ -7,7 +7,7 @@ Example::
 
     import modelscale as ms
     model = ms.build_model("cnn", num_classes=10, input_shape=(1, 8, 8))
-    result = ms.apply(model, ms.config_from_dict({"type": "magnitude_prune", "amount": 0.5}))
+    result = ms.apply(model, MagnitudePruneConfig(amount=0.5))    # from modelscale.techniques.prune
     print(result.record.summary)
 """
 
@@ -32,7 +32,11 @@ _LAZY = {
     "ApplyResult": "modelscale.core.apply",
     "ChangeRecord": "modelscale.core.apply",
     "save_compressed": "modelscale.core.checkpoint",
-    "load_compressed": "modelscale.core.checkpoint",
+    "load_compressed": "modelscale.models.bundle",
+    "load_model_dir": "modelscale.models.bundle",
+    "save_model_dir": "modelscale.models.bundle",
+    "open_session": "modelscale.engine",
+    "run_steps": "modelscale.engine",
     "profile": "modelscale.measure.profile",
     "compare": "modelscale.measure.compare",
     "load_data": "modelscale.data",

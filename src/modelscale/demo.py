@@ -1,9 +1,14 @@
 """The main job (`modelscale demo`): train the small CNN on digits, then a small sweep of compression
 recipes, each measured after every step, and one comparison report with the Pareto front.
 
+Every part runs through the one engine as a recipe: first a baseline recipe (train the CNN once, a
+recorded and measured step), then the variants, each loading that trained baseline and timing every
+later step paired and interleaved against it. The report shows the baseline once.
+
 Writes a run folder with:
 
-- `baseline/`: the trained CNN (weights + spec), `results.json`: every number with the seed and split,
+- `runs/baseline/…/0-baseline/`: the trained CNN (weights + spec), `results.json`: every number with
+  the seed and split,
 - `report.md` + `report.html` (self-contained, plots embedded): accuracy vs size and vs measured
   latency with the Pareto front, per-step waterfalls, theoretical vs measured speedup, per-layer
   sparsity / rank / bit-width, weights, activations, agreement and CKA,
@@ -24,8 +29,26 @@ from typing import Any
 
 import torch
 
+from modelscale.core.errors import ModelscaleError
+from modelscale.models.bundle import load_model_dir
+
 SEED = 0
 FINETUNE = {"epochs": 5, "lr": 5e-4, "seed": SEED}
+BASELINE_TRAIN = {"epochs": 30, "lr": 3e-3, "weight_decay": 1e-4, "seed": SEED}
+MEASURE = {"batch_sizes": [32], "metrics": ["params", "size", "macs", "accuracy", "latency"], "repeats": 30}
+
+
+def baseline_recipe() -> dict[str, Any]:
+    """The demo's first recipe: train the zoo CNN on digits once (step 0, measured like every step)."""
+    return {
+        "version": 1,
+        "name": "baseline",
+        "model": {"name": "cnn"},
+        "data": {"source": "digits", "seed": SEED},
+        "baseline": {"train": dict(BASELINE_TRAIN)},
+        "steps": [],
+        "measure": dict(MEASURE),
+    }
 
 
 def demo_recipes(baseline_dir: Path, *, quick: bool = False) -> list[dict[str, Any]]:
@@ -41,11 +64,7 @@ def demo_recipes(baseline_dir: Path, *, quick: bool = False) -> list[dict[str, A
             "model": {"load": str(baseline_dir)},
             "data": {"source": "digits", "seed": SEED},
             "steps": steps,
-            "measure": {
-                "batch_sizes": [32],
-                "metrics": ["params", "size", "macs", "accuracy", "latency"],
-                "repeats": 30,
-            },
+            "measure": dict(MEASURE),
         }
 
     finetune = {"finetune": dict(FINETUNE)}
@@ -75,38 +94,38 @@ def demo_recipes(baseline_dir: Path, *, quick: bool = False) -> list[dict[str, A
 
 def run_demo(out: str | Path | None = None, *, quick: bool = False) -> dict[str, Any]:
     from modelscale.core.io import write_json
-    from modelscale.data import load_data
     from modelscale.pipeline import patch_recipe, run_recipe
     from modelscale.pipeline.store import open_store
     from modelscale.report import build_report
-    from modelscale.train import TrainConfig, evaluate, fit
-    from modelscale.workflow import build_for, save_model_dir
 
     started = time.perf_counter()
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     run_dir = Path(out) if out else Path("runs") / f"demo-{stamp}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(SEED)
-
-    data = load_data("digits", seed=SEED)
-    print(f"[demo] data: digits, splits {data.meta.get('split_sizes', '')}, seed {SEED}", flush=True)
-    baseline_dir = run_dir / "baseline"
-    base = build_for("cnn", data=data)
-    epochs = 4 if quick else 30
-    print(f"[demo] training the baseline cnn for {epochs} epochs", flush=True)
-    fit(base.model, data, TrainConfig(epochs=epochs, lr=3e-3, weight_decay=1e-4, seed=SEED, progress=True))
-    base_metrics = evaluate(base.model, data.test, task=data.task)
-    save_model_dir(baseline_dir, base, meta={"data": "digits", "test": base_metrics})
-    print(f"[demo] baseline test accuracy {base_metrics['accuracy']:.4f}", flush=True)
-
     store = open_store(run_dir / "modelscale.db")
-    run_ids: list[str] = []
-    variants: list[dict[str, Any]] = []
-    for recipe in demo_recipes(baseline_dir.resolve(), quick=quick):
+
+    def run(recipe: dict[str, Any]) -> Any:
         if quick:
-            recipe = patch_recipe(recipe, epochs=1, repeats=5, warmup=2)
+            recipe = patch_recipe(
+                recipe, epochs=4 if recipe["name"] == "baseline" else 1, repeats=5, warmup=2
+            )
         print(f"[demo] recipe {recipe['name']}", flush=True)
-        result = run_recipe(recipe, store=store, run_dir=run_dir / "runs" / recipe["name"], progress=True)
+        return run_recipe(recipe, store=store, run_dir=run_dir / "runs" / recipe["name"], progress=True)
+
+    base_run = run(baseline_recipe()).variants[0]
+    if base_run.status != "completed":
+        raise ModelscaleError(f"the demo's baseline failed: {base_run.error}")
+    baseline_dir = Path(base_run.steps[0].folder).resolve()
+    base = load_model_dir(baseline_dir)
+    base_headline = base_run.steps[0].headline
+    print(
+        f"[demo] baseline test accuracy {base_headline.get('quality.accuracy', float('nan')):.4f}", flush=True
+    )
+
+    run_ids: list[str] = [base_run.run_id]
+    variants: list[dict[str, Any]] = []
+    for recipe in demo_recipes(baseline_dir, quick=quick):
+        result = run(recipe)
         for v in result.variants:
             run_ids.append(v.run_id)
             variants.append({"recipe": recipe["name"], "label": v.label, "run_id": v.run_id, "status": v.status,
@@ -117,11 +136,19 @@ def run_demo(out: str | Path | None = None, *, quick: bool = False) -> dict[str,
         run_ids, store=store, out_dir=run_dir, title="modelscale demo: digits CNN"
     )
     elapsed = time.perf_counter() - started
+    data = base_run_data(store, base_run.run_id)
     results = {
         "created": stamp,
         "seed": SEED,
-        "data": {"name": "digits", **{k: v for k, v in data.meta.items() if _jsonable(v)}},
-        "baseline": {"model": base.spec, "test": base_metrics},
+        "data": data,
+        "baseline": {
+            "model": base.spec,
+            "run_id": base_run.run_id,
+            "test": {
+                k.removeprefix("quality."): v for k, v in base_headline.items() if k.startswith("quality.")
+            },
+            "folder": str(baseline_dir),
+        },
         "variants": variants,
         "runs": [_run_summary(store, rid) for rid in run_ids],
         "report": {"markdown": str(report_md), "html": str(report_html)},
@@ -136,6 +163,11 @@ def run_demo(out: str | Path | None = None, *, quick: bool = False) -> dict[str,
     print(f"[demo] done in {elapsed:.0f} s; open {report_html}", flush=True)
     text = Path(report_md).read_text(encoding="utf-8") + f"\nRun folder: {run_dir}\n"
     return {"text": text, "run_dir": str(run_dir), "results": results}
+
+
+def base_run_data(store: Any, run_id: str) -> dict[str, Any]:
+    """The baseline run's data section (source, seed, split fractions) as the store recorded it."""
+    return dict(store.run(run_id).get("config", {}).get("data", {}))
 
 
 def _run_summary(store: Any, run_id: str) -> dict[str, Any]:

@@ -12,8 +12,8 @@ import json
 import pytest
 import torch
 
+from modelscale import load_compressed, save_compressed
 from modelscale.core.apply import apply
-from modelscale.core.checkpoint import load_compressed, save_compressed
 from modelscale.core.errors import ModelscaleError
 from modelscale.core.registry import config_from_dict, get_technique, list_techniques
 from tests.contract.tiny_models import BUILDERS, inputs_for
@@ -21,7 +21,7 @@ from tests.contract.tiny_models import BUILDERS, inputs_for
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-HF_ONLY = [n for n in list_techniques() if getattr(get_technique(n).config_cls, "applies_to", "any") == "hf"]
+HF_ONLY = [n for n in list_techniques() if get_technique(n).applies_to == "hf"]
 
 
 def test_prompt_and_prefix_tuning_are_hf_only():
@@ -68,3 +68,11 @@ def test_plain_models_are_refused_in_one_line(name, kind):
     with pytest.raises(ModelscaleError, match="applies only to transformers models: hf:tiny-gpt2") as info:
         apply(BUILDERS[kind](), get_technique(name).config_cls(), example_inputs=x)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", HF_ONLY)
+def test_hf_only_technique_passes_check_technique(name):
+    from modelscale.testing import check_technique
+
+    report = check_technique(get_technique(name).config_cls())
+    assert report.passed == ["registered", "round-trip", "hf:tiny-gpt2: apply, save, reload"]

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from modelscale.core.checkpoint import load_compressed, save_compressed
+from modelscale import load_compressed, save_compressed
 from modelscale.core.errors import ModelscaleError
 from modelscale.core.io import atomic_path, load_torch, read_structured, save_torch, write_json
 

@@ -15,12 +15,12 @@ import pytest
 import torch
 import yaml
 
+from modelscale import load_compressed
 from modelscale.cli import main
-from modelscale.core.checkpoint import load_compressed
 from modelscale.core.errors import ModelscaleError
 from modelscale.core.trust import file_options
 from modelscale.models import build_model
-from modelscale.workflow import build_for, save_model_dir
+from modelscale.models.bundle import build_for, save_model_dir
 
 OPT_IN = "--allow-pickle"
 

@@ -89,7 +89,7 @@ def test_spec_rejects_non_json_options_and_unknown_names():
 
 
 def test_built_model_spec_lets_load_compressed_rebuild_it(tmp_path):
-    from modelscale.core.checkpoint import load_compressed, save_compressed
+    from modelscale import load_compressed, save_compressed
 
     model = build_model("gpt", block_size=8, n_layer=1, n_embd=32).eval()
     save_compressed(tmp_path / "saved", model, model_spec=model.modelscale_spec)

@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from modelscale.core.errors import ModelscaleError
+from modelscale.models.bundle import load_model_dir
 from modelscale.pipeline import RunStore, run_recipe, runs_compare
 from modelscale.pipeline.runner import MARKER, run_lock
-from modelscale.workflow import load_model_dir
 
 HAS_ONNX = all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript"))
 

@@ -26,16 +26,6 @@ from modelscale.core.errors import ModelscaleError
 from modelscale.core.registry import get_technique
 from modelscale.core.select import Target, select_modules
 
-# The field that sets "how much" for the built-in techniques (used when the caller names none).
-DEFAULT_STRENGTH_FIELD = {
-    "magnitude_prune": "amount",
-    "gradual_prune": "initial_sparsity",
-    "structured_prune": "ratio",
-    "lowrank_svd": "energy",
-    "weight_cluster": "bits",
-    "semistructured_24": None,
-}
-
 
 @dataclass
 class SensitivityRow:
@@ -105,9 +95,11 @@ def sensitivity(
 ) -> SensitivityTable:
     """Measure the metric drop of compressing each targeted layer alone at each strength."""
     tech = get_technique(technique)
-    strength_field = strength_field or DEFAULT_STRENGTH_FIELD.get(technique)
+    strength_field = strength_field or tech.strength  # the registration names its strength knob
     if not strength_field:
-        raise ModelscaleError(f"name the config field that sets the strength of {technique!r} (e.g. amount)")
+        raise ModelscaleError(
+            f"{technique!r} registers no strength field; name the config field to vary (--field NAME)"
+        )
     base = dict(base_config or {})
     base.pop("type", None)
     probe = tech.config_cls.from_dict({**base})
@@ -129,6 +121,7 @@ def sensitivity(
                 result = apply(
                     model, config, example_inputs=example_inputs, calibration=calibration, loss_fn=loss_fn
                 )
+                tech.finalize(result.model, config)  # no training here: complete the technique at once
                 value = metric(result.model, batches)
                 table.rows.append(SensitivityRow(layer, float(s), value, baseline - value))
             except ModelscaleError as exc:  # e.g. the layer cannot take this strength

@@ -57,7 +57,17 @@ def _allow_pickle(
     )
 
 
-def build_parser(technique: str | None = None) -> argparse.ArgumentParser:
+def _techniques_epilog() -> str:
+    from modelscale.core.registry import get_technique, list_techniques
+
+    lines = ["registered techniques (`--technique NAME --help` lists a technique's options):"]
+    for name in list_techniques():
+        lines.append(f"  {name:20s} {get_technique(name).summary}")
+    return "\n".join(lines)
+
+
+def build_parser(technique: str | None = None, *, list_techniques: bool = True) -> argparse.ArgumentParser:
+    """The CLI parser; `list_techniques=False` skips importing every technique for compress's epilog."""
     from modelscale import __version__
 
     parser = _Parser(prog="modelscale", description="Measure, compress and scale PyTorch models, honestly.")
@@ -87,7 +97,14 @@ def build_parser(technique: str | None = None) -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
 
-    p = sub.add_parser("compress", help="apply one technique, optionally fine-tune, report before/after")
+    p = sub.add_parser(
+        "compress",
+        help="apply one technique, optionally fine-tune or distill, report before/after",
+        description="Apply one registered technique (then optionally fine-tune, or distill from a teacher) "
+        "and compare the result with the input model.",
+        epilog=_techniques_epilog() if list_techniques else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _common(p)
     p.add_argument(
         "--technique", required=True, help="registered technique (see `modelscale list techniques`)"
@@ -95,6 +112,15 @@ def build_parser(technique: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--config", help="a YAML/JSON technique config (options given here override it)")
     p.add_argument("--finetune-epochs", type=int, default=0, help="epochs of fine-tuning after the technique")
     p.add_argument("--finetune-lr", type=float, default=5e-4, help="learning rate of the fine-tune")
+    p.add_argument(
+        "--distill-from",
+        metavar="TEACHER_DIR",
+        help="fine-tune by knowledge distillation from this saved model folder (needs --finetune-epochs)",
+    )
+    p.add_argument(
+        "--distill-alpha", type=float, default=0.5, help="weight of the hard-label loss in distillation"
+    )
+    p.add_argument("--distill-temperature", type=float, default=4.0, help="distillation temperature T")
     p.add_argument(
         "--calibration-batches", type=int, default=4, help="training batches given to data-driven techniques"
     )
@@ -226,7 +252,7 @@ def _technique_from_argv(argv: Sequence[str]) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        parser = build_parser(_technique_from_argv(argv))
+        parser = build_parser(_technique_from_argv(argv), list_techniques=argv[:1] == ["compress"])
         args = parser.parse_args(argv)
         from modelscale.cli import commands
 

@@ -1,4 +1,9 @@
-"""Implementations of the CLI subcommands. Each returns (text, data) or raises ModelscaleError."""
+"""Implementations of the CLI subcommands. Each returns (text, data) or raises ModelscaleError.
+
+Every command that touches a model opens one engine session (`modelscale.engine.open_session`): the data
+and the model are loaded there, once, the same way for every command; `compress` is a one- to
+three-step run (technique, optional distillation or fine-tune) of the same engine the recipes use.
+"""
 
 from __future__ import annotations
 
@@ -7,88 +12,56 @@ from pathlib import Path
 from typing import Any
 
 from modelscale.core.errors import ModelscaleError
-from modelscale.workflow import (
-    ModelBundle,
-    build_for,
-    example_inputs,
-    is_model_dir,
-    is_token_model,
-    load_model_dir,
-    loss_for,
-    parse_shape,
-)
 
 
-def _load_data(args: argparse.Namespace, *, required: bool = False):
-    if not getattr(args, "data", None):
-        if required:
-            raise ModelscaleError(
-                "this command needs --data (e.g. --data digits); see `modelscale list data`"
-            )
+def parse_shape(text: str | None) -> tuple[int, ...] | None:
+    """'1,3,224,224' -> (1, 3, 224, 224), with a one-line error for anything else."""
+    if text is None:
         return None
-    from modelscale.data import load_data
+    try:
+        shape = tuple(int(part) for part in str(text).split(",") if part.strip())
+    except ValueError:
+        raise ModelscaleError(
+            f"--input-shape {text!r} must be comma-separated integers, e.g. 1,3,224,224"
+        ) from None
+    if not shape or any(d <= 0 for d in shape):
+        raise ModelscaleError(f"--input-shape {text!r} must be positive integers, e.g. 1,3,224,224")
+    return shape
 
-    return load_data(args.data, seed=args.seed)
 
+def _session(args: argparse.Namespace, source: Any = None, *, data: Any = None, need_data: bool = False):
+    """The command's session: `--data` loaded once (or the given DataBundle), then the model for it."""
+    from modelscale.engine import open_session
 
-def _load_model(source: str, args: argparse.Namespace, data: Any) -> ModelBundle:
-    if is_model_dir(source):
-        return load_model_dir(source, allow_pickle=getattr(args, "allow_pickle", False))
-    if Path(source).exists() and Path(source).is_dir():
-        raise ModelscaleError(f"{source} is a folder but not a saved modelscale model (no modelscale.json)")
-    shape = parse_shape(getattr(args, "input_shape", None))
-    return build_for(
-        source,
-        data=data,
-        input_shape=shape[1:] if shape and not is_token_model(source) else None,
+    if need_data and not getattr(args, "data", None) and data is None:
+        raise ModelscaleError("this command needs --data (e.g. --data digits); see `modelscale list data`")
+    return open_session(
+        getattr(args, "model", None) if source is None else source,
+        data=data if data is not None else getattr(args, "data", None),
+        seed=getattr(args, "seed", 0),
+        input_shape=parse_shape(getattr(args, "input_shape", None)),
         num_classes=getattr(args, "num_classes", None),
         weights=getattr(args, "weights", None),
         allow_pickle=getattr(args, "allow_pickle", False),
+        calibration_batches=getattr(args, "calibration_batches", 4),
         width=getattr(args, "width", 1.0),
         depth=getattr(args, "depth", 1.0),
     )
-
-
-def _inputs(bundle: ModelBundle, args: argparse.Namespace, data: Any, batch: int = 1):
-    shape = parse_shape(getattr(args, "input_shape", None))
-    name = bundle.spec.get("name", "")
-    if shape is None:
-        if data is not None:
-            per_example = tuple(data.input_shape)
-        elif "input_shape" in bundle.spec:
-            per_example = tuple(bundle.spec["input_shape"])
-        elif name == "gpt":
-            per_example = (int(bundle.spec.get("block_size", 128)),)
-        else:
-            per_example = (3, 224, 224) if name.startswith("torchvision:") else (1, 8, 8)
-        shape = (batch, *per_example)
-    vocab = int(bundle.spec.get("vocab_size", 256))
-    return example_inputs(name, shape, vocab=vocab)
-
-
-def _test_loader(data: Any, split: str = "test"):
-    if data is None:
-        return None
-    from modelscale.data import make_loader
-
-    return make_loader(getattr(data, split), batch_size=256, shuffle=False)
 
 
 def cmd_profile(args: argparse.Namespace):
     from modelscale.measure.profile import profile
     from modelscale.report.tables import profile_markdown
 
-    data = _load_data(args)
-    bundle = _load_model(args.model, args, data)
-    x = _inputs(bundle, args, data, batch=args.batch_size or 1)
+    session = _session(args)
     report = profile(
-        bundle.model,
-        x,
+        session.model,
+        session.example_inputs(args.batch_size),
         latency=not args.no_latency,
         repeats=args.repeats,
         device=args.device,
-        loader=_test_loader(data),
-        task=data.task if data else "classification",
+        loader=session.test_loader(),
+        task=session.task,
     )
     return profile_markdown(report), report.to_dict()
 
@@ -106,19 +79,20 @@ def _train_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace):
-    from modelscale.train import evaluate, fit
-    from modelscale.workflow import save_model_dir
+    from modelscale.engine import BaselineStep, Step, run_step
+    from modelscale.models.bundle import save_model_dir
+    from modelscale.train import evaluate
 
-    data = _load_data(args, required=True)
     config = _train_config(args)
-    bundle = _load_model(args.model, args, data)
-    result = fit(bundle.model, data, config)
-    metrics = evaluate(bundle.model, data.test, task=data.task)
+    session = _session(args, need_data=True)
+    outcome = run_step(session, Step(0, "train", "baseline", BaselineStep(train=config)))
+    metrics = evaluate(session.model, session.data.test, task=session.task)
     out = save_model_dir(
-        args.out, bundle, meta={"data": args.data, "train": config.to_dict(), "test": metrics}
+        args.out, session.bundle, meta={"data": args.data, "train": config.to_dict(), "test": metrics}
     )
-    lines = [f"trained {bundle.spec.get('name')} on {args.data}: " + _fmt_metrics(metrics), f"saved to {out}"]
-    return "\n".join(lines), {"test": metrics, "out": str(out), "history": getattr(result, "history", None)}
+    name = session.bundle.spec.get("name")
+    lines = [f"trained {name} on {args.data}: " + _fmt_metrics(metrics), f"saved to {out}"]
+    return "\n".join(lines), {"test": metrics, "out": str(out), "train": outcome.summary["train"]}
 
 
 def _fmt_metrics(metrics: dict[str, Any]) -> str:
@@ -128,70 +102,95 @@ def _fmt_metrics(metrics: dict[str, Any]) -> str:
 def cmd_eval(args: argparse.Namespace):
     from modelscale.train import evaluate
 
-    data = _load_data(args, required=True)
-    bundle = _load_model(args.model, args, data)
-    metrics = evaluate(bundle.model, getattr(data, args.split), task=data.task)
+    session = _session(args, need_data=True)
+    metrics = evaluate(session.model, getattr(session.data, args.split), task=session.task)
     return f"{args.split}: {_fmt_metrics(metrics)}", {"split": args.split, **metrics}
 
 
+def compress_steps(args: argparse.Namespace, config: Any) -> list[Any]:
+    """`compress` as engine steps: the technique, then a distillation or a fine-tune when asked."""
+    from modelscale.engine import Step
+    from modelscale.train import TrainConfig
+
+    steps = [Step(1, config.type, "technique", config)]
+    if args.distill_from and not args.finetune_epochs:
+        raise ModelscaleError("--distill-from needs --finetune-epochs N (the epochs of distillation)")
+    if args.finetune_epochs:
+        train = TrainConfig(epochs=args.finetune_epochs, lr=args.finetune_lr, seed=args.seed)
+        if args.distill_from:
+            from modelscale.engine import DistillStep
+            from modelscale.techniques.distill import DistillConfig
+
+            kd = DistillConfig(alpha=args.distill_alpha, temperature=args.distill_temperature)
+            steps.append(Step(2, "distill", "distill", DistillStep(args.distill_from, kd, train)))
+        else:
+            steps.append(Step(2, "finetune", "finetune", train))
+    return steps
+
+
 def cmd_compress(args: argparse.Namespace):
+    import copy
+
     from modelscale.cli.options import config_from_args
-    from modelscale.core.apply import apply
     from modelscale.core.io import read_structured, write_json, write_text
     from modelscale.core.registry import get_technique
+    from modelscale.engine import run_steps
     from modelscale.measure.compare import compare
+    from modelscale.models.bundle import save_model_dir
     from modelscale.report.tables import compare_markdown
-    from modelscale.workflow import save_model_dir
 
     technique = get_technique(args.technique)
     base_cfg = read_structured(args.config) if args.config else {}
     base_cfg.pop("type", None)
     config = config_from_args(technique.config_cls, args, base_cfg)
-    data = _load_data(args)
-    bundle = _load_model(args.model, args, data)
-    x = _inputs(bundle, args, data)
-    calibration = None
-    if data is not None:
-        from modelscale.data import make_loader
-
-        loader = make_loader(data.train, batch_size=64, shuffle=True, seed=args.seed)
-        calibration = [batch for _, batch in zip(range(args.calibration_batches), loader)]
-    result = apply(bundle.model, config, calibration=calibration, example_inputs=x, loss_fn=loss_for(data))
-    if args.finetune_epochs:
-        if data is None:
-            raise ModelscaleError("--finetune-epochs needs --data to train on")
-        from modelscale.train import TrainConfig, fit
-
-        fit(result.model, data, TrainConfig(epochs=args.finetune_epochs, lr=args.finetune_lr, seed=args.seed))
-    if args.technique == "qat":  # after quantization-aware training, switch to the real int8 layers
-        from modelscale.techniques.quantize.qat import convert_qat
-
-        result = convert_qat(result.model, inplace=True)
-    cmp = compare(bundle.model, result.model, x, loader=_test_loader(data))
+    if args.finetune_epochs and not args.data:
+        raise ModelscaleError("--finetune-epochs needs --data to train on")
+    steps = compress_steps(args, config)
+    session = _session(args)
+    base = copy.deepcopy(session.model)
+    x = session.example_inputs()
+    outcomes = run_steps(session, steps)
+    record = session.bundle.records[-1]
+    cmp = compare(base, session.model, x, loader=session.test_loader())
     text = compare_markdown(cmp)
-    if result.record.notes:
-        text += "\n\nNotes:\n" + "\n".join(f"- {n}" for n in result.record.notes)
-    data_out = {"record": result.record.to_dict(), "comparison": cmp.to_dict()}
+    if record.notes:
+        text += "\n\nNotes:\n" + "\n".join(f"- {n}" for n in record.notes)
+    data_out = {
+        "record": record.to_dict(),
+        "steps": [o.summary for o in outcomes],
+        "comparison": cmp.to_dict(),
+    }
     if args.out:
-        new = ModelBundle(result.model, bundle.spec, [*bundle.records, result.record])
-        save_model_dir(Path(args.out) / "model", new, meta={"data": args.data})
+        save_model_dir(Path(args.out) / "model", session.bundle, meta={"data": args.data})
         write_json(Path(args.out) / "results.json", data_out)
-        write_text(
-            Path(args.out) / "report.md", f"# {args.technique} on {bundle.spec.get('name')}\n\n{text}\n"
-        )
+        name = session.bundle.spec.get("name")
+        write_text(Path(args.out) / "report.md", f"# {args.technique} on {name}\n\n{text}\n")
         text += f"\n\nsaved to {args.out}"
     return text, data_out
 
 
 def cmd_compare(args: argparse.Namespace):
     from modelscale.measure.compare import compare
+    from modelscale.models.bundle import load_model
     from modelscale.report.tables import compare_markdown
 
-    data = _load_data(args)
-    base = _load_model(args.base, args, data)
-    other = _load_model(args.other, args, data)
-    x = _inputs(base, args, data)
-    cmp = compare(base.model, other.model, x, loader=_test_loader(data), repeats=args.repeats)
+    session = _session(args, args.base)
+    other = load_model(
+        args.other,
+        data=session.data,
+        input_shape=session.input_shape[1:] if session.input_shape else None,
+        num_classes=args.num_classes,
+        allow_pickle=args.allow_pickle,
+        width=args.width,
+        depth=args.depth,
+    )
+    cmp = compare(
+        session.model,
+        other.model,
+        session.example_inputs(),
+        loader=session.test_loader(),
+        repeats=args.repeats,
+    )
     return compare_markdown(cmp), cmp.to_dict()
 
 
@@ -199,8 +198,7 @@ def cmd_sensitivity(args: argparse.Namespace):
     from modelscale.analysis.sensitivity import sensitivity, sensitivity_markdown
     from modelscale.core.io import read_structured
 
-    data = _load_data(args, required=True)
-    bundle = _load_model(args.model, args, data)
+    session = _session(args, need_data=True)
     try:
         strengths = [float(s) for s in args.strengths.split(",") if s.strip()]
     except ValueError:
@@ -208,14 +206,14 @@ def cmd_sensitivity(args: argparse.Namespace):
             f"--strengths {args.strengths!r} must be comma-separated numbers, e.g. 0.3,0.5,0.9"
         ) from None
     table = sensitivity(
-        bundle.model,
+        session.model,
         args.technique,
         args.field,
         strengths,
-        _test_loader(data, "val"),
+        session.test_loader("val"),
         base_config=read_structured(args.config) if args.config else None,
-        example_inputs=_inputs(bundle, args, data),
-        loss_fn=loss_for(data),
+        example_inputs=session.example_inputs(),
+        loss_fn=session.loss_fn(),
     )
     return sensitivity_markdown(table), table.to_dict()
 
@@ -223,18 +221,17 @@ def cmd_sensitivity(args: argparse.Namespace):
 def cmd_export(args: argparse.Namespace):
     from modelscale.export import export_command
 
-    data = _load_data(args)
-    source: Any = args.model if is_model_dir(args.model) else _load_model(args.model, args, data).model
+    session = _session(args)
     summary = export_command(
-        source,
+        session.bundle,
         args.out,
-        data=data,
+        data=session.data,
         quantize=args.quantize,
         method=args.method,
         threads=args.threads,
         repeats=args.repeats,
         seed=args.seed,
-        allow_pickle=args.allow_pickle,
+        source_name=args.model,
     )
     lines = [f"exported to {args.out}:"]
     for name, info in summary["files"].items():

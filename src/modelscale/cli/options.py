@@ -12,7 +12,7 @@ import argparse
 import dataclasses
 from typing import Any
 
-from modelscale.core.config import Config
+from modelscale.core.config import Config, field_aliases
 from modelscale.core.errors import ModelscaleError
 
 
@@ -38,8 +38,10 @@ def add_config_options(parser: argparse.ArgumentParser, config_cls: type[Config]
         if option_name(name) in parser._option_string_actions:
             continue  # a common option of the command (e.g. --seed) already sets this field
         shown = getattr(hint, "__name__", str(hint)).replace("typing.", "")
+        aliases = [option_name(a) for a, n in field_aliases(config_cls).items() if n == name]
         group.add_argument(
             option_name(name),
+            *aliases,
             dest=f"cfg__{name}",
             default=None,
             metavar=shown.upper()[:12],

@@ -5,9 +5,9 @@ Layout of a saved folder::
     model.safetensors   the state dict (shared tensors stored once)
     modelscale.json     {"format": 1, "model": <spec or null>, "records": [...], "meta": {...}}
 
-Reloading builds the base model (from the stored spec through the model zoo, or the one the caller
-passes), replays each record's restore function to recreate the changed structure, then loads the
-weights strictly. No pickled code is ever executed unless the caller passes `allow_pickle=True`: the
+Reloading (`load_into`) takes a fresh base model (`modelscale.load_compressed` builds it from the stored
+spec through the model zoo), replays each record's restore function to recreate the changed structure,
+then loads the weights strictly. No pickled code is ever executed unless the caller passes `allow_pickle=True`: the
 folder's manifest can never grant that itself (see `modelscale.core.trust`).
 """
 
@@ -88,24 +88,14 @@ def stored_spec(path: str | Path, manifest: dict[str, Any], *, allow_pickle: boo
     return spec
 
 
-def load_compressed(
-    path: str | Path, base_model: nn.Module | None = None, *, allow_pickle: bool = False
-) -> nn.Module:
-    """Rebuild a model saved with `save_compressed`.
-
-    `base_model` is a freshly built, uncompressed model of the same architecture; when omitted the
-    stored model spec is built through the model zoo. `allow_pickle=True` is the caller's own opt-in to
-    pickled weights the folder names; nothing in the folder can turn it on.
-    """
+def load_into(path: str | Path, base_model: nn.Module) -> nn.Module:
+    """Replay the saved records on `base_model` (a fresh, uncompressed model of the stored architecture),
+    then load the folder's weights strictly. `modelscale.load_compressed` builds that model from the
+    stored spec through the model zoo."""
     from safetensors.torch import load_model
 
     path = Path(path)
     manifest = read_manifest(path)
-    if base_model is None:
-        from modelscale.models import build_model
-
-        spec = stored_spec(path, manifest, allow_pickle=allow_pickle)
-        base_model = build_model(**spec, allow_pickle=allow_pickle)
     for record in manifest["records"]:
         restore(base_model, ChangeRecord.from_dict(record))
     weights = path / "model.safetensors"

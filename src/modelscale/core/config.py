@@ -31,11 +31,25 @@ from modelscale.core.errors import ModelscaleError
 from modelscale.core.select import Target
 
 
-def param(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None) -> Any:  # noqa: A002
-    """A dataclass field with a one-line explanation (used for CLI help and docs)."""
+def param(
+    default: Any = dataclasses.MISSING,
+    help: str = "",  # noqa: A002
+    *,
+    factory: Any = None,
+    aliases: tuple[str, ...] = (),
+) -> Any:
+    """A dataclass field with a one-line explanation (used for CLI help and docs).
+
+    `aliases`: older names of the field, still accepted in files and on the command line."""
+    metadata = {"help": help, "aliases": tuple(aliases)}
     if factory is not None:
-        return field(default_factory=factory, metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def field_aliases(cls: type) -> dict[str, str]:
+    """{alias: field name} of a config class."""
+    return {alias: f.name for f in dataclasses.fields(cls) for alias in f.metadata.get("aliases", ())}
 
 
 def check_range(
@@ -97,6 +111,11 @@ class Config:
             )
         if version < cls.version:
             data = cls.migrate(data, version)
+        for alias, name in field_aliases(cls).items():
+            if alias in data:
+                if name in data:
+                    raise ModelscaleError(f"{cls.type}: give {name} or its old name {alias}, not both")
+                data[name] = data.pop(alias)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -144,6 +163,21 @@ class TechniqueConfig(Config):
     def __post_init__(self) -> None:
         super().__post_init__()
         self._check_overrides()
+
+    def label(self) -> str:
+        """A short name for tables: the type and the fields set away from their defaults."""
+        changed = []
+        for f in dataclasses.fields(self):
+            if f.name == "target":
+                continue
+            default = f.default
+            if f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            value = getattr(self, f.name)
+            if default is dataclasses.MISSING or value != default:
+                shown = f"{value:.3g}" if isinstance(value, float) else str(value)
+                changed.append(f"{f.name}={shown}")
+        return f"{self.type}({', '.join(changed)})" if changed else self.type
 
     def for_layer(self, name: str, field_name: str) -> Any:
         """The value of `field_name` for layer `name`, honouring `target.overrides`."""

@@ -1,10 +1,20 @@
-"""Registry of techniques: each technique registers itself in its own file.
+"""Registry of techniques: each technique registers itself, with its whole lifecycle, in its own file.
 
-A technique is a config class plus an apply function (and optionally a restore function that
-rebuilds the changed structure on a fresh model so saved weights can be loaded without pickled code):
+A technique is a config class plus an apply function, and the facts every front door needs:
 
-    @register(MagnitudePruneConfig, restore=restore_masks)
+    @register(
+        MagnitudePruneConfig,
+        restore=restore_masks,        # rebuild the changed structure on a fresh model (no pickle)
+        strength="amount",            # the knob sensitivity analysis and the search turn
+        applies_to="any",             # "any" nn.Module, "hf" (transformers only), "linear" (needs Linear)
+    )
     def magnitude_prune(model, config, ctx) -> ChangeRecord: ...
+
+Optional lifecycle hooks: `callbacks(config) -> [trainer callbacks]` that a following fine-tune must run
+(gradual pruning's schedule), `finalize(model, config) -> ChangeRecord | None` run after that fine-tune
+(QAT → real int8 layers; gradual masks → final masks), `needs_calibration` / `needs_gradients`, and
+`trainable=False` for techniques that leave no float weights to fine-tune (apply them after training).
+A front door asks the registry; it never tests a technique's name.
 
 Built-in techniques are discovered by importing every module under `modelscale.techniques` the first
 time the registry is read; third-party packages can add theirs through the `modelscale.techniques`
@@ -24,6 +34,8 @@ from typing import Any
 from modelscale.core.config import TechniqueConfig
 from modelscale.core.errors import ModelscaleError, unknown_name
 
+APPLIES_TO = ("any", "hf", "linear")
+
 
 @dataclass(frozen=True)
 class Technique:
@@ -32,6 +44,25 @@ class Technique:
     apply_fn: Callable[..., Any]
     restore_fn: Callable[..., Any] | None
     summary: str
+    applies_to: str = "any"  # "any" | "hf" (transformers models only) | "linear" (needs a Linear layer)
+    strength: str | None = None  # config field that sets "how much" (sensitivity, search)
+    needs_calibration: bool = False  # reads ctx.calibration batches
+    needs_gradients: bool = False  # uses ctx.loss_fn and backward passes
+    trainable: bool = True  # False: no float weights are left to fine-tune (apply after training)
+    callbacks_fn: Callable[[Any], list[Any]] | None = None  # trainer callbacks a following fine-tune runs
+    finalize_fn: Callable[[Any, Any], Any] | None = None  # after that fine-tune: (model, config) -> record
+
+    def callbacks(self, config: TechniqueConfig) -> list[Any]:
+        """The trainer callbacks a fine-tune after this technique must run (none for most)."""
+        return list(self.callbacks_fn(config)) if self.callbacks_fn is not None else []
+
+    def finalize(self, model: Any, config: TechniqueConfig) -> Any:
+        """The step that completes the technique after its fine-tune; a ChangeRecord, or None."""
+        return self.finalize_fn(model, config) if self.finalize_fn is not None else None
+
+    @property
+    def has_lifecycle(self) -> bool:
+        return self.callbacks_fn is not None or self.finalize_fn is not None
 
 
 # The registry is the one deliberate piece of module-level state: filled once by imports, read-only after.
@@ -39,10 +70,26 @@ _TECHNIQUES: dict[str, Technique] = {}
 _DISCOVERED = [False]
 
 
-def register(config_cls: type[TechniqueConfig], *, restore: Callable[..., Any] | None = None):
+def register(
+    config_cls: type[TechniqueConfig],
+    *,
+    restore: Callable[..., Any] | None = None,
+    applies_to: str = "any",
+    strength: str | None = None,
+    needs_calibration: bool = False,
+    needs_gradients: bool = False,
+    trainable: bool = True,
+    callbacks: Callable[[Any], list[Any]] | None = None,
+    finalize: Callable[[Any, Any], Any] | None = None,
+):
     """Decorator registering `fn(model, config, ctx) -> ChangeRecord` under `config_cls.type`."""
     if not config_cls.type:
         raise TypeError(f"{config_cls.__name__} must set a non-empty `type`")
+    if applies_to not in APPLIES_TO:
+        raise TypeError(f"applies_to must be one of {APPLIES_TO}, got {applies_to!r}")
+    fields = getattr(config_cls, "__dataclass_fields__", {})
+    if strength is not None and strength not in fields:
+        raise TypeError(f"strength {strength!r} is not a field of {config_cls.__name__}")
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         existing = _TECHNIQUES.get(config_cls.type)
@@ -50,7 +97,18 @@ def register(config_cls: type[TechniqueConfig], *, restore: Callable[..., Any] |
             raise TypeError(f"technique {config_cls.type!r} is registered twice")
         doc = (fn.__doc__ or config_cls.__doc__ or "").strip().splitlines()
         _TECHNIQUES[config_cls.type] = Technique(
-            config_cls.type, config_cls, fn, restore, doc[0] if doc else ""
+            config_cls.type,
+            config_cls,
+            fn,
+            restore,
+            doc[0] if doc else "",
+            applies_to=applies_to,
+            strength=strength,
+            needs_calibration=needs_calibration,
+            needs_gradients=needs_gradients,
+            trainable=trainable,
+            callbacks_fn=callbacks,
+            finalize_fn=finalize,
         )
         return fn
 

@@ -96,6 +96,17 @@ def load_data(
     return _split_classification(spec, arrays, seed, val_fraction, test_fraction, data_fraction, augment)
 
 
+def as_data_bundle(data: Any, *, seed: int = 0, **options: Any) -> DataBundle | None:
+    """A DataBundle from a spec string (`digits`, `npz:FILE` ...), a DataBundle, or None."""
+    if data is None or isinstance(data, DataBundle):
+        return data
+    if not isinstance(data, str):
+        raise ModelscaleError(
+            f"data must be a data spec string (e.g. 'digits') or a DataBundle, got {type(data).__name__}"
+        )
+    return load_data(data, seed=seed, **options)
+
+
 def make_loader(
     dataset: Dataset,
     *,

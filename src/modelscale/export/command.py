@@ -58,10 +58,12 @@ def export_command(
     seed: int = 0,
     spin: bool = False,
     allow_pickle: bool = False,
+    source_name: str | None = None,
 ) -> dict[str, Any]:
     """Export, optionally quantize, check agreement and time; write `<out_dir>/export_summary.json`.
 
-    `source`: an nn.Module or a folder saved by `save_compressed`. `data`: a data spec (e.g. "digits")
+    `source`: an nn.Module, a ModelBundle or a folder saved by `save_compressed` (loaded by the engine's
+    one model loader; `allow_pickle` is the caller's own opt-in). `data`: a data spec (e.g. "digits")
     or a DataBundle; without it, agreement is skipped and inputs are random tensors of the model's
     spec shape. `quantize`: none | dynamic | static (static needs `data`; `method` picks its
     calibration: minmax | entropy | percentile). `threads`: CPU threads for both PyTorch and ORT.
@@ -75,15 +77,24 @@ def export_command(
         raise ModelscaleError(f"batch_sizes must be positive integers, got {batch_sizes!r}")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ModelscaleError(f"threads must be an integer >= 1 or None, got {threads!r}")
-    model, spec, source_name = _load_model(source, allow_pickle=allow_pickle)
-    model = model.cpu().eval()
-    bundle = _load_bundle(data, model, spec, seed)
+    from modelscale.data.api import as_data_bundle
+    from modelscale.models.bundle import example_inputs, load_model
+
+    if isinstance(source, str | os.PathLike) and not Path(source, "modelscale.json").is_file():
+        raise ModelscaleError(
+            f"{source} is not a model folder; pass a folder written by save_compressed (with modelscale.json)"
+        )
+    loaded = load_model(source, allow_pickle=allow_pickle)
+    model, spec = loaded.model.cpu().eval(), loaded.spec or None
+    if source_name is None:
+        source_name = str(source) if isinstance(source, str | os.PathLike) else type(model).__name__
+    bundle = as_data_bundle(data, seed=seed, **_data_options(data, model, spec))
     if quantize == "static" and bundle is None:
         raise ModelscaleError("static quantization needs calibration data; pass data= (e.g. 'digits')")
     out = Path(out_dir)
     threads = threads or torch.get_num_threads()
 
-    fp32_path = export_onnx(model, _inputs(model, spec, bundle, 1), out / "model.onnx", opset=opset)
+    fp32_path = export_onnx(model, example_inputs(loaded, bundle, 1), out / "model.onnx", opset=opset)
     files = {"onnx_fp32": fp32_path}
     if quantize == "dynamic":
         files["onnx_int8"] = quantize_onnx_dynamic(fp32_path, out / "model.int8.onnx")
@@ -124,7 +135,9 @@ def export_command(
             name: check_agreement(model, runner, loader, max_batches=max_batches)
             for name, runner in runners.items()
         }
-    summary["latency"] = _latency(model, runners, spec, bundle, sizes, threads, warmup, repeats)
+    summary["latency"] = _latency(
+        model, runners, lambda b: example_inputs(loaded, bundle, b), sizes, threads, warmup, repeats
+    )
     summary["machine"] = machine_notes(threads)
     write_json(out / SUMMARY_FILE, summary)
     return summary
@@ -144,56 +157,18 @@ def machine_notes(threads: int | None = None) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------- internals
 
 
-def _load_model(source: Any, *, allow_pickle: bool = False) -> tuple[nn.Module, dict[str, Any] | None, str]:
-    if isinstance(source, nn.Module):
-        return source, getattr(source, "modelscale_spec", None), type(source).__name__
-    path = Path(source)
-    if not path.is_dir():
-        raise ModelscaleError(
-            f"{path} is not a model folder; pass a folder written by save_compressed (with modelscale.json)"
-        )
-    from modelscale.workflow import load_model_dir
-
-    bundle = load_model_dir(path, allow_pickle=allow_pickle)
-    return bundle.model, bundle.spec, str(path)
-
-
-def _load_bundle(data: Any, model: nn.Module, spec: dict[str, Any] | None, seed: int) -> Any:
-    if data is None:
-        return None
-    from modelscale.data import DataBundle, load_data
-
-    if isinstance(data, DataBundle):
-        return data
-    if not isinstance(data, str):
-        raise ModelscaleError(
-            f"data must be a data spec string (e.g. 'digits') or a DataBundle, got {type(data).__name__}"
-        )
+def _data_options(data: Any, model: nn.Module, spec: dict[str, Any] | None) -> dict[str, Any]:
+    """Text sources: the model's block size and a byte cap (enough for a test split, quick to load)."""
+    if not isinstance(data, str) or data.split(":", 1)[0] not in ("pystdlib", "text"):
+        return {}
     block = getattr(model, "block_size", None) or (spec or {}).get("block_size") or 128
-    name = data.split(":", 1)[0]
-    extra = {"max_bytes": LM_MAX_BYTES} if name in ("pystdlib", "text") else {}
-    return load_data(data, seed=seed, block_size=int(block), **extra)
-
-
-def _inputs(model: nn.Module, spec: dict[str, Any] | None, bundle: Any, batch: int) -> torch.Tensor:
-    """`batch` test examples (cycled if the split is smaller), or random inputs of the spec's shape."""
-    if bundle is not None:
-        n = len(bundle.test)
-        return torch.stack([bundle.test[i % n][0] for i in range(batch)])
-    gen = torch.Generator().manual_seed(0)
-    vocab, block = getattr(model, "vocab_size", None), getattr(model, "block_size", None)
-    if vocab and block:
-        return torch.randint(0, int(vocab), (batch, int(block)), generator=gen)
-    if spec and spec.get("input_shape") and spec.get("name") != "gpt":
-        return torch.rand(batch, *spec["input_shape"], generator=gen)
-    raise ModelscaleError("cannot tell the model's input shape; pass data= (e.g. 'digits') to export_command")
+    return {"block_size": int(block), "max_bytes": LM_MAX_BYTES}
 
 
 def _latency(
     model: nn.Module,
     runners: dict[str, OrtRunner],
-    spec: dict[str, Any] | None,
-    bundle: Any,
+    inputs: Any,
     sizes: tuple[int, ...],
     threads: int,
     warmup: int,
@@ -204,7 +179,7 @@ def _latency(
     results: dict[str, Any] = {}
     try:
         for b in sizes:
-            x = _inputs(model, spec, bundle, b)
+            x = inputs(b)
             feeds = {name: r.feed(x) for name, r in runners.items()}
 
             def run_torch(x: torch.Tensor = x) -> None:

@@ -24,7 +24,7 @@ def _when(ts: float | None) -> str:
 
 
 def _fmt(value: float | None, kind: str) -> str:
-    from modelscale.report.tables import DASH, human, millis
+    from modelscale.core.formatting import DASH, human, millis
 
     if value is None:
         return DASH
@@ -44,7 +44,7 @@ def _fmt(value: float | None, kind: str) -> str:
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
-    from modelscale.report.tables import table
+    from modelscale.core.formatting import table
 
     return table(headers, rows, markdown=False)
 

@@ -1,7 +1,9 @@
 """Measure the model after a step: one `modelscale.measure.profile` per device × dtype × batch size.
 
 Accuracy (the test split) is measured once per device × dtype, at the first batch size; latency for
-every combination. Each report is kept whole (for profile.json) and flattened into metric rows
+every combination. After every step but the baseline, `paired_with_baseline` also times the model
+against the run's baseline model, interleaved in one process, so the speedup a report shows is a
+paired ratio (`latency.speedup_vs_baseline`) rather than two medians measured minutes apart. Each report is kept whole (for profile.json) and flattened into metric rows
 `{"name": "quality.accuracy", "value", "device", "dtype", "batch_size"}` for the run store.
 """
 
@@ -9,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from modelscale.pipeline.recipe import MeasureSection
+from modelscale.engine.specs import MeasureSection
 
 # recipe metric name -> section of ProfileReport.to_dict() it records
 SECTIONS = {
@@ -37,8 +39,8 @@ def measure(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
     """(profiles as dicts, metric rows, notes) for `model` on `data` as `measure_cfg` asks."""
     from modelscale.data import make_loader
+    from modelscale.engine.session import Session
     from modelscale.measure import profile
-    from modelscale.pipeline.steps import example_batch
 
     wanted = [SECTIONS[m] for m in measure_cfg.metrics]
     loader = None
@@ -52,7 +54,7 @@ def measure(
                 try:
                     report = profile(
                         model,
-                        example_batch(data, batch_size),
+                        Session(None, data).example_inputs(batch_size),
                         latency="latency" in wanted,
                         memory="memory" in wanted,
                         device=device,
@@ -82,3 +84,52 @@ def measure(
                 ]
                 notes += [n_ for n_ in report.notes if n_ not in notes]
     return profiles, rows, notes
+
+
+PAIRED = "latency.speedup_vs_baseline"
+
+
+def paired_with_baseline(
+    model: Any, baseline_folder: Any, data: Any, measure_cfg: MeasureSection
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """(rows, notes): the baseline-over-model latency ratio per batch size, timed interleaved on the
+    first device and dtype the recipe measures."""
+    from modelscale.engine.session import Session
+    from modelscale.measure import measure_latency_pair
+    from modelscale.models.bundle import load_model_dir
+
+    device, dtype = measure_cfg.devices[0], measure_cfg.dtypes[0]
+    try:
+        base = load_model_dir(baseline_folder).model
+    except Exception as exc:  # noqa: BLE001 - no baseline checkpoint: the ratio is simply not recorded
+        return [], [
+            f"paired latency vs the baseline skipped: {str(exc).splitlines()[0] if str(exc) else exc}"
+        ]
+    rows, notes = [], []
+    for batch_size in measure_cfg.batch_sizes:
+        x = Session(None, data).example_inputs(batch_size)
+        try:
+            pair = measure_latency_pair(
+                base,
+                model,
+                x,
+                device=device,
+                dtype=dtype,
+                warmup=measure_cfg.warmup,
+                repeats=measure_cfg.repeats,
+                threads=measure_cfg.threads,
+            )
+        except Exception as exc:  # noqa: BLE001 - a pair that cannot run is a note, not a failure
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            notes.append(f"paired latency on {device}/{dtype}/batch {batch_size} failed: {first}")
+            continue
+        rows.append(
+            {
+                "name": PAIRED,
+                "value": float(pair.speedup),
+                "device": device,
+                "dtype": dtype,
+                "batch_size": batch_size,
+            }
+        )
+    return rows, notes

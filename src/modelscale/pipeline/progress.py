@@ -28,7 +28,7 @@ class Printer:
 
 
 def headline_text(h: dict[str, float]) -> str:
-    from modelscale.report.tables import human, millis
+    from modelscale.core.formatting import human, millis
 
     parts = []
     if "quality.accuracy" in h:

@@ -34,7 +34,8 @@ from typing import Any
 from modelscale.core.config import Config
 from modelscale.core.errors import ModelscaleError
 from modelscale.core.trust import TRUST_KEYS
-from modelscale.pipeline.sections import DataSection, ExportConfig, MeasureSection, ModelSection
+from modelscale.engine.specs import DataSection, ExportConfig, MeasureSection, ModelSection
+from modelscale.engine.steps import DistillStep, Step
 from modelscale.pipeline.sweep import Variant, expand_sweeps
 
 __all__ = [
@@ -55,37 +56,6 @@ RECIPE_VERSION = 1
 TOP_KEYS = ("version", "name", "model", "data", "baseline", "steps", "measure")
 STEP_KINDS = ("technique", "finetune", "distill", "export")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-@dataclass
-class DistillStep:
-    teacher: str  # "baseline" or the name of an earlier step
-    config: Any  # the distillation config (modelscale.techniques.distill)
-    train: Any  # TrainConfig
-    student: ModelSection | None = None  # None: the current model is the student
-
-
-@dataclass
-class Step:
-    index: int  # position in the run: 0 is the baseline, recipe steps count from 1
-    name: str
-    kind: str  # technique | finetune | distill | export
-    config: Any  # TechniqueConfig | TrainConfig | DistillStep | ExportConfig
-
-    @property
-    def folder(self) -> str:
-        return f"{self.index}-{self.name}"
-
-    def to_dict(self) -> dict[str, Any]:
-        if self.kind == "technique":
-            return {"name": self.name, "technique": self.config.type, "config": self.config.to_dict()}
-        if self.kind == "distill":
-            c = self.config
-            body = {"teacher": c.teacher, "config": c.config.to_dict(), "train": c.train.to_dict()}
-            if c.student is not None:
-                body["student"] = c.student.to_dict()
-            return {"name": self.name, "distill": body}
-        return {"name": self.name, self.kind: self.config.to_dict()}
 
 
 @dataclass

@@ -4,7 +4,7 @@ Layout of a run folder::
 
     <run_dir>/recipe.json                       the recipe as given (with its sweeps)
     <run_dir>/<variant>/<index>-<name>/         one folder per step; 0-baseline first
-        model.safetensors, modelscale.json      the model after the step (workflow.save_model_dir)
+        model.safetensors, modelscale.json      the model after the step (models.bundle.save_model_dir)
         profile.json                            the measurements (one profile per device/dtype/batch)
         model.onnx                              export steps only
         DONE.json                               the step-complete marker, written LAST (atomically)
@@ -40,10 +40,10 @@ from pathlib import Path
 from typing import Any
 
 from modelscale.core.errors import ModelscaleError
-from modelscale.pipeline import steps as S
+from modelscale.engine.steps import BaselineStep, check_trust
 from modelscale.pipeline.folders import MARKER, read_marker, run_lock
 from modelscale.pipeline.progress import Printer, headline_text
-from modelscale.pipeline.recipe import Recipe, RecipePlan, Step, load_recipe
+from modelscale.pipeline.recipe import ModelSection, Recipe, RecipePlan, Step, load_recipe
 from modelscale.pipeline.store import RunStore, open_store
 
 
@@ -129,12 +129,12 @@ def _preflight(plan: RecipePlan, run_path: Path, resume: bool, allow_pickle: boo
     import torch
 
     for recipe in plan.variants:
-        S.check_trust(recipe.model, "model", allow_pickle=allow_pickle)
+        check_trust(recipe.model, "model", allow_pickle=allow_pickle)
         if recipe.baseline_load:
-            S.check_trust(S.ModelSection(load=recipe.baseline_load), "baseline", allow_pickle=allow_pickle)
+            check_trust(ModelSection(load=recipe.baseline_load), "baseline", allow_pickle=allow_pickle)
         for step in recipe.steps:
             if step.kind == "distill":
-                S.check_trust(step.config.student, f"{step.name}.student", allow_pickle=allow_pickle)
+                check_trust(step.config.student, f"{step.name}.student", allow_pickle=allow_pickle)
         trains = [recipe.baseline_train] + [
             s.config if s.kind == "finetune" else s.config.train
             for s in recipe.steps
@@ -162,7 +162,9 @@ def _preflight(plan: RecipePlan, run_path: Path, resume: bool, allow_pickle: boo
 
 
 def _all_steps(recipe: Recipe) -> list[Step]:
-    return [Step(0, "baseline", "baseline", None), *recipe.steps]
+    seed = recipe.baseline_train.seed if recipe.baseline_train is not None else recipe.data.seed
+    baseline = BaselineStep(recipe.model, recipe.baseline_train, recipe.baseline_load, seed)
+    return [Step(0, "baseline", "baseline", baseline), *recipe.steps]
 
 
 def _first_line(exc: BaseException) -> str:
@@ -282,7 +284,7 @@ class _Variant:
             todo += 1
         bundle = None
         if 0 < todo < len(self.steps):
-            from modelscale.workflow import load_model_dir
+            from modelscale.models.bundle import load_model_dir
 
             last = self.steps[todo - 1]
             try:
@@ -336,7 +338,7 @@ class _Variant:
         ]
 
     def execute(self, run_id: str, step: Step, bundle: Any) -> tuple[StepResult, Any]:
-        from modelscale.workflow import load_model_dir
+        from modelscale.models.bundle import load_model_dir
 
         sdir = self.vdir / step.folder
         key = self.recipe.prefix_key(step.index)
@@ -391,34 +393,23 @@ class _Variant:
     def compute(self, step: Step, bundle: Any, sdir: Path, key: str, t0: float) -> tuple[dict[str, Any], Any]:
         """Execute the step, save its checkpoint and measurements, then write the marker last."""
         from modelscale.core.io import write_json
-        from modelscale.pipeline.profiling import measure
-        from modelscale.workflow import load_model_dir, save_model_dir
+        from modelscale.engine import Session, run_step
+        from modelscale.models.bundle import load_model_dir, save_model_dir
+        from modelscale.pipeline.profiling import measure, paired_with_baseline
 
         if sdir.exists():
             shutil.rmtree(sdir)  # leftovers of an attempt that did not finish
         sdir.mkdir(parents=True)
         data = self.data()
-        seed = self.recipe.data.seed
-        if step.kind == "baseline":
-            outcome = S.run_baseline(
-                self.recipe, data, progress=self.progress, allow_pickle=self.allow_pickle
-            )
-        elif step.kind == "technique":
-            outcome = S.run_technique(step, bundle, data, seed)
-        elif step.kind == "finetune":
-            outcome = S.run_finetune(step, bundle, data, self.steps[step.index - 1], progress=self.progress)
-        elif step.kind == "distill":
-            teacher = next(s for s in self.steps if s.name == step.config.teacher)
-            outcome = S.run_distill(
-                step,
-                bundle,
-                data,
-                load_model_dir(self.vdir / teacher.folder),
-                progress=self.progress,
-                allow_pickle=self.allow_pickle,
-            )
-        else:
-            outcome = S.run_export(step, bundle, data, sdir)
+        session = Session(
+            bundle, data, seed=self.recipe.data.seed, allow_pickle=self.allow_pickle, progress=self.progress
+        )
+
+        def teacher(name: str) -> Any:
+            source = next(s for s in self.steps if s.name == name)
+            return load_model_dir(self.vdir / source.folder)
+
+        outcome = run_step(session, step, later=self.steps[step.index + 1 :], teacher=teacher, folder=sdir)
         save_model_dir(
             sdir,
             outcome.bundle,
@@ -434,6 +425,12 @@ class _Variant:
         )
         if profiles:
             write_json(sdir / "profile.json", profiles)
+        if outcome.profile and step.index > 0 and "latency" in self.recipe.measure.metrics:
+            baseline = self.vdir / self.steps[0].folder
+            pair_rows, pair_notes = paired_with_baseline(
+                outcome.bundle.model, baseline, data, self.recipe.measure
+            )
+            rows, notes = rows + pair_rows, notes + pair_notes
         finished = time.time()
         marker = {
             "status": "completed",

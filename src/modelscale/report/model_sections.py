@@ -20,7 +20,7 @@ MAX_MODEL_RUNS = 6  # runs whose models are loaded for weights, activations and 
 
 
 def load_data(doc: Doc, run: RunView) -> Any:
-    from modelscale.pipeline.sections import DataSection
+    from modelscale.engine.specs import DataSection
 
     key = json.dumps(run.config.get("data", {}), sort_keys=True)
     if key not in doc.data:

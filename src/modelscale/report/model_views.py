@@ -1,6 +1,6 @@
 """Looks inside saved step models for a report: per-layer records, weights, feature maps, CKA.
 
-Everything here reads the checkpoint folders the runner wrote (`modelscale.workflow.load_model_dir`)
+Everything here reads the checkpoint folders the runner wrote (`modelscale.models.bundle.load_model_dir`)
 and returns plain numbers and arrays; plotting lives in `plots.py`. Nothing changes the models.
 
 - `step_record(folder, technique)`: the ChangeRecord a technique step added (its `layers` rows).
@@ -30,7 +30,7 @@ NUMERIC_SKIP = {"numel"}
 
 def load_step_model(folder: Path, cache: dict[str, Any]) -> Any:
     """The ModelBundle saved in `folder`, loaded once per report."""
-    from modelscale.workflow import load_model_dir
+    from modelscale.models.bundle import load_model_dir
 
     key = str(Path(folder).resolve())
     if key not in cache:

@@ -28,6 +28,7 @@ ZIPPED = "size.zipped_bytes"
 SERIALIZED = "size.serialized_bytes"
 MACS = "macs.macs"
 LATENCY = "latency.median_ms"
+PAIRED = "latency.speedup_vs_baseline"  # baseline / step latency, timed interleaved in one process
 
 
 @dataclass
@@ -41,6 +42,15 @@ class StepView:
     metrics: dict[str, float] = field(default_factory=dict)  # at the run's setting, smallest batch size
     latency: dict[int, float] = field(default_factory=dict)  # batch size -> median latency (ms)
     summary: dict[str, Any] = field(default_factory=dict)
+    paired: dict[int, float] = field(default_factory=dict)  # batch size -> paired speedup vs the baseline
+
+    @property
+    def source(self) -> str | None:
+        """Where this step's model came from: the folder a baseline loaded, else its own checkpoint."""
+        loaded = self.summary.get("loaded")
+        if loaded:
+            return str(Path(loaded).resolve())
+        return str(self.folder.resolve()) if self.folder is not None else None
 
     @property
     def title(self) -> str:
@@ -101,10 +111,14 @@ def _folder(step: dict[str, Any], artifacts: list[dict[str, Any]]) -> Path | Non
     return None
 
 
-def _step_metrics(rows: list[dict[str, Any]], device: str | None, dtype: str | None) -> tuple[dict, dict]:
-    """(name -> value at the smallest batch size of the setting, batch size -> median latency)."""
+def _step_metrics(
+    rows: list[dict[str, Any]], device: str | None, dtype: str | None
+) -> tuple[dict, dict, dict]:
+    """(name -> value at the smallest batch size of the setting, batch size -> median latency,
+    batch size -> paired speedup vs the baseline)."""
     chosen: dict[str, tuple[int, float]] = {}
     latency: dict[int, float] = {}
+    paired: dict[int, float] = {}
     for row in rows:
         value = _number(row.get("value"))
         if value is None:
@@ -115,10 +129,12 @@ def _step_metrics(rows: list[dict[str, Any]], device: str | None, dtype: str | N
         batch = int(row["batch_size"]) if row.get("batch_size") is not None else 0
         if row["name"] == LATENCY and tagged:
             latency[batch] = value
+        if row["name"] == PAIRED and tagged:
+            paired[batch] = value
         have = chosen.get(row["name"])
         if have is None or batch < have[0]:
             chosen[row["name"]] = (batch, value)
-    return {k: v for k, (_, v) in chosen.items()}, latency
+    return {k: v for k, (_, v) in chosen.items()}, latency, paired
 
 
 def collect_run(db: Any, run_id: str) -> RunView:
@@ -138,9 +154,9 @@ def collect_run(db: Any, run_id: str) -> RunView:
     for s in db.steps(run["id"]):
         config = s.get("config") or {}
         technique = config.get("technique") if s["kind"] == "technique" else None
-        metrics, latency = _step_metrics(by_step.get(int(s["idx"]), []), device, dtype)
+        metrics, latency, paired = _step_metrics(by_step.get(int(s["idx"]), []), device, dtype)
         if s["status"] != "completed":
-            metrics, latency = {}, {}
+            metrics, latency, paired = {}, {}, {}
         summary = s.get("summary") if isinstance(s.get("summary"), dict) else {}
         view.steps.append(
             StepView(
@@ -153,6 +169,7 @@ def collect_run(db: Any, run_id: str) -> RunView:
                 metrics,
                 latency,
                 summary,
+                paired,
             )
         )
     return view
@@ -182,14 +199,18 @@ def collect_runs(run_ids: list[str], db: Any) -> list[RunView]:
 
 
 def variant_points(runs: list[RunView]) -> list[dict[str, Any]]:
-    """One point per run (its final measured step) plus each distinct baseline, for the Pareto plots."""
+    """One point per run (its final measured step) plus each distinct baseline, for the Pareto plots.
+
+    Runs whose baselines are the same model (one trained it, the others loaded its folder) share one
+    baseline point, with the numbers of the first run listed."""
     points: list[dict[str, Any]] = []
     baselines: dict[tuple, dict[str, Any]] = {}
-    several = len({r.recipe for r in runs}) > 1
+    keys = [_baseline_key(r) for r in runs if r.baseline is not None]
+    several = len(set(keys)) > 1
     for r in runs:
         base, final = r.baseline, r.final
         if base is not None:
-            key = (r.recipe, *(base.metrics.get(k) for k in (ACCURACY, NONZERO, ZIPPED, MACS)))
+            key = _baseline_key(r)
             if key in baselines:
                 baselines[key]["runs"].append(r.id)
             else:
@@ -197,6 +218,13 @@ def variant_points(runs: list[RunView]) -> list[dict[str, Any]]:
         if final is not None and final is not base:
             points.append(_point(r, final, r.label, False))
     return list(baselines.values()) + points
+
+
+def _baseline_key(run: RunView) -> tuple:
+    base = run.baseline
+    if base.source is not None:
+        return ("source", base.source)
+    return (run.recipe, *(base.metrics.get(k) for k in (ACCURACY, NONZERO, ZIPPED, MACS)))
 
 
 def _point(run: RunView, step: StepView, label: str, is_baseline: bool) -> dict[str, Any]:

@@ -241,7 +241,7 @@ def speedups(doc: Doc, runs: list[RunView]) -> None:
             if not s.measured or s.idx == 0:
                 continue
             theory = ratio(base.metrics.get(MACS), s.metrics.get(MACS))
-            measured = {b: ratio(base.latency.get(b), s.latency.get(b)) for b in s.latency}
+            measured = dict(s.paired) or {b: ratio(base.latency.get(b), s.latency.get(b)) for b in s.latency}
             label = f"{r.label}\n{s.name}" if len(runs) > 1 else s.name
             groups.append({"label": label, "theoretical": theory, "measured": measured})
             rows.append([r.label, s.title, times(theory), *[times(measured.get(b)) for b in sizes]])
@@ -254,8 +254,10 @@ def speedups(doc: Doc, runs: list[RunView]) -> None:
         "p",
         "Both ratios are against the run's own baseline; above 1× is faster. MACs count the zeros of "
         "masked (unstructured-pruned) weights, since dense kernels multiply them too, so pruning alone "
-        "shows 1.00× in theory. Latencies are medians measured after each step in turn (not interleaved); "
-        "tiny models are dominated by per-call overhead and vary by a few percent run to run.",
+        "shows 1.00× in theory. The measured ratio is timed paired and interleaved against the run's "
+        "baseline model in one process, after each step (older runs without that pairing show the ratio "
+        "of medians measured in turn); tiny models are dominated by per-call overhead and vary by a few "
+        "percent run to run.",
     )
     doc.plot(
         plots.speedup_plot, "speedup.png", "MACs ratio next to the measured latency ratio, per step.", groups

@@ -4,8 +4,8 @@ The family trained from scratch at several sizes (a sweep's points) is compared 
 versions of its largest member: structured pruning and low-rank SVD set to each smaller member's
 parameter count (`ratio_of="params"`, `rank_by="param_ratio"`), and int8 weight-only quantization.
 Every compressed variant gets the same fine-tuning budget (one `TrainConfig`); post-training
-quantizers (weight_only, dynamic_int8) have no float weights left to tune, so they are applied after
-the fine-tuning of the other steps of their variant. Each model is measured for the same numbers:
+quantizers (registered with `trainable=False`: no float weights left to tune) are applied after the
+fine-tuning of the other steps of their variant; every variant runs through the one engine. Each model is measured for the same numbers:
 weights (parameters, counting quantized weights too), serialized bytes (`measure_size`), CPU latency
 (median, timed interleaved with the largest model in one process: `measure_latency_pair`) and the
 test metric on the same split. A compressed variant competes at the family size nearest to it in
@@ -30,8 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from modelscale.core.errors import ModelscaleError
-
-POST_TRAINING = ("weight_only", "dynamic_int8")
 
 
 def weight_count(model: Any) -> int:
@@ -65,7 +63,7 @@ class FrontierResult:
         }
 
     def markdown(self) -> str:
-        from modelscale.report.tables import human, table
+        from modelscale.core.formatting import human, table
 
         def m(v: float) -> str:
             return f"{100 * v:.2f}%" if self.higher_is_better else f"{v:.4f}"
@@ -116,7 +114,7 @@ def _family(family_results: Any) -> list[dict[str, Any]]:
     """[{label, model}] from a SweepResult / records (model_path; largest data fraction, lowest seed) or modules."""
     from torch import nn
 
-    from modelscale.core.checkpoint import load_compressed
+    from modelscale.models.bundle import load_compressed
 
     points = getattr(family_results, "points", family_results)
     if isinstance(points, dict):
@@ -197,38 +195,25 @@ def default_techniques(model: Any, smaller_params: list[int], *, head: str | Non
 
 
 def _name(steps: list[Any]) -> str:
-    parts = []
-    for s in steps:
-        if s.type == "structured_prune":
-            parts.append(f"structured_prune({s.ratio_of} {s.ratio:.3g})")
-        elif s.type == "lowrank_svd":
-            value = {"energy": s.energy, "param_ratio": s.param_ratio, "rank": s.rank}[s.rank_by]
-            parts.append(f"lowrank_svd({s.rank_by} {value:.3g})")
-        elif s.type == "weight_only":
-            parts.append(f"weight_only(int{s.bits})")
-        else:
-            parts.append(s.type)
-    return " + ".join(parts)
+    return " + ".join(s.label() for s in steps)
 
 
-def _compress(
-    largest: Any, steps: list[Any], data: Any, finetune: Any, example: Any
-) -> tuple[Any, bool, list[str]]:
-    from modelscale.core.apply import apply
-    from modelscale.train import fit
+def _compress(largest: Any, steps: list[Any], data: Any, finetune: Any) -> tuple[Any, bool, list[str]]:
+    """The engine's run of one variant: its trainable techniques, one fine-tune, then post-training ones."""
+    from modelscale.core.registry import get_technique
+    from modelscale.engine import Session, finetune_step, run_steps, technique_step
+    from modelscale.models.bundle import ModelBundle
 
-    model, notes = copy.deepcopy(largest), []
-    train_steps = [s for s in steps if s.type not in POST_TRAINING]
-    for step in train_steps:
-        result = apply(model, step, example_inputs=example)
-        model, notes = result.model, notes + list(result.record.notes)
-    tuned = bool(train_steps) and finetune is not None
-    if tuned:
-        fit(model, data, finetune)
-    for step in (s for s in steps if s.type in POST_TRAINING):
-        result = apply(model, step, example_inputs=example)
-        model, notes = result.model, notes + list(result.record.notes)
-    return model, tuned, notes
+    trainable = [s for s in steps if get_technique(s.type).trainable]
+    tuned = bool(trainable) and finetune is not None
+    plan = [technique_step(s) for s in trainable]
+    plan += [finetune_step(finetune)] if tuned else []
+    plan += [technique_step(s) for s in steps if not get_technique(s.type).trainable]
+    spec = dict(getattr(largest, "modelscale_spec", None) or {})
+    session = Session(ModelBundle(copy.deepcopy(largest), spec, []), data, progress=False)
+    run_steps(session, plan)
+    notes = [n for r in session.bundle.records for n in r.notes]
+    return session.model, tuned, notes
 
 
 def compress_or_train_small(
@@ -255,9 +240,9 @@ def compress_or_train_small(
     import torch
     from torch import nn
 
-    from modelscale.core.checkpoint import load_compressed
     from modelscale.core.registry import config_from_dict
     from modelscale.measure import measure_latency_pair, measure_size
+    from modelscale.models.bundle import load_compressed
     from modelscale.train import TrainConfig, evaluate
 
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
@@ -316,7 +301,7 @@ def compress_or_train_small(
     for steps in variants:
         t0 = time.perf_counter()
         try:
-            model, tuned, step_notes = _compress(largest, steps, data, finetune, example)
+            model, tuned, step_notes = _compress(largest, steps, data, finetune)
         except ModelscaleError as exc:
             notes.append(f"{_name(steps)} skipped: {exc}")
             continue

@@ -141,7 +141,7 @@ def exponents(fits: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def study_markdown(result: SweepResult, rows, fits, skipped, figures: list[str]) -> str:
-    from modelscale.report.tables import human, table
+    from modelscale.core.formatting import human, table
     from modelscale.scaling.render import law_markdown
 
     cfg = result.config

@@ -26,7 +26,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
@@ -44,7 +43,8 @@ from modelscale.train.checkpoint import (
 )
 from modelscale.train.config import TrainConfig
 from modelscale.train.early_stopping import BestTracker
-from modelscale.train.evaluate import TASKS, eval_sums, logits_of, metrics_from_sums
+from modelscale.train.evaluate import TASKS, eval_sums, metrics_from_sums
+from modelscale.train.losses import criterion as criterion_for
 from modelscale.train.progress import make_progress
 from modelscale.train.runtime import (
     autocast_fn,
@@ -96,18 +96,6 @@ def _check_data(data: Any) -> None:
 
 def _has_val(data: DataBundle) -> bool:
     return data.val is not None and len(data.val) > 0  # type: ignore[arg-type]
-
-
-def _criterion(task: str, label_smoothing: float) -> Callable[[Any, torch.Tensor], torch.Tensor]:
-    def loss(outputs: Any, targets: torch.Tensor) -> torch.Tensor:
-        logits = logits_of(outputs)
-        if task == "lm":
-            return F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), label_smoothing=label_smoothing
-            )
-        return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
-
-    return loss
 
 
 def fit(
@@ -217,7 +205,7 @@ def _run(
     net: nn.Module = model
     if info.enabled:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
-    criterion = loss_fn or _criterion(data.task, config.label_smoothing)
+    criterion = loss_fn or criterion_for(data.task, config.label_smoothing)
     clip, last_lr = config.grad_clip, optimizer.param_groups[0]["lr"]
     bar = make_progress(config.progress and info.is_main, total_steps, state.step)
     cbs.call("on_train_begin", state)

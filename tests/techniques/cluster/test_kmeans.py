@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from modelscale import load_compressed, save_compressed
 from modelscale.core.apply import apply
-from modelscale.core.checkpoint import load_compressed, save_compressed
 from modelscale.core.errors import ModelscaleError
 from modelscale.core.select import Target
 from modelscale.techniques.cluster.kmeans import (

@@ -13,7 +13,7 @@ from modelscale.train import TrainConfig, evaluate, fit
 
 
 def test_cubic_schedule_values():
-    cfg = GradualPruneConfig(initial_sparsity=0.1, final_sparsity=0.9, start_step=10, end_step=50)
+    cfg = GradualPruneConfig(initial_sparsity=0.1, amount=0.9, start_step=10, end_step=50)
     assert cfg.sparsity_at(0) == 0.1 and cfg.sparsity_at(10) == 0.1
     assert cfg.sparsity_at(30) == pytest.approx(0.9 + (0.1 - 0.9) * 0.5**3)
     assert cfg.sparsity_at(50) == 0.9 and cfg.sparsity_at(500) == 0.9
@@ -24,7 +24,7 @@ def test_cubic_schedule_values():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"initial_sparsity": 0.5, "final_sparsity": 0.2}, "final_sparsity must be >= initial_sparsity"),
+        ({"initial_sparsity": 0.5, "amount": 0.2}, "amount, the final sparsity, must be >= initial_sparsity"),
         ({"start_step": 10, "end_step": 5}, "end_step"),
         ({"frequency": 0}, "frequency must be >= 1"),
     ],
@@ -38,7 +38,7 @@ def test_gradual_80_percent_on_digits_keeps_accuracy(digits, digits_cnn):
     base, base_acc = digits_cnn
     steps_per_epoch = -(-len(digits.train) // 64)
     cfg = GradualPruneConfig(
-        final_sparsity=0.8, start_step=0, end_step=4 * steps_per_epoch, frequency=5, scope="global"
+        amount=0.8, start_step=0, end_step=4 * steps_per_epoch, frequency=5, scope="global"
     )
     result = apply(copy.deepcopy(base), cfg)
     assert result.record.summary["sparsity"] == 0.0

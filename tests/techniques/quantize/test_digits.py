@@ -12,8 +12,8 @@ from functools import lru_cache
 import pytest
 import torch
 
+from modelscale import load_compressed, save_compressed
 from modelscale.core.apply import apply
-from modelscale.core.checkpoint import load_compressed, save_compressed
 from modelscale.techniques.quantize.cast import CastConfig
 from modelscale.techniques.quantize.common import safetensors_tensor_bytes
 from modelscale.techniques.quantize.dynamic_int8 import DynamicInt8Config

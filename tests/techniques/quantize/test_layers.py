@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modelscale import load_compressed, save_compressed
 from modelscale.core.apply import apply
-from modelscale.core.checkpoint import load_compressed, save_compressed
 from modelscale.core.errors import ModelscaleError
 from modelscale.techniques.quantize.cast import CastConfig, CastLayer
 from modelscale.techniques.quantize.common import (

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
+from modelscale import load_compressed, save_compressed
 from modelscale.core.apply import apply
-from modelscale.core.checkpoint import load_compressed, save_compressed
 from modelscale.core.errors import ModelscaleError
 from modelscale.techniques.quantize.common import quantized_bytes, safetensors_tensor_bytes
 from modelscale.techniques.quantize.qat import FakeQuantLayer, QATConfig, convert_qat

@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
+from modelscale import load_compressed, save_compressed
 from modelscale.core.apply import apply
-from modelscale.core.checkpoint import load_compressed, save_compressed
 from modelscale.core.errors import ModelscaleError
 from modelscale.techniques.quantize.common import int_mm_available, safetensors_tensor_bytes, sqnr_db
 from modelscale.techniques.quantize.fold_bn import fold_batchnorm, refold

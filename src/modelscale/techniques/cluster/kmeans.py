@@ -257,7 +257,11 @@ def cluster_module(
     return clustered
 
 
-@register(WeightClusterConfig, restore=lambda model, config, record: restore_clusters(model, record))
+@register(
+    WeightClusterConfig,
+    restore=lambda model, config, record: restore_clusters(model, record),
+    strength="bits",
+)
 def weight_cluster(model: nn.Module, config: WeightClusterConfig, ctx: ApplyContext) -> ChangeRecord:
     """Deep Compression weight sharing: k-means codebooks with trainable shared values."""
     layers, skipped, state = [], [], []

@@ -198,7 +198,11 @@ def _param_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@register(LowRankSVDConfig, restore=lambda model, config, record: restore_lowrank(model, record))
+@register(
+    LowRankSVDConfig,
+    restore=lambda model, config, record: restore_lowrank(model, record),
+    strength="energy",
+)
 def lowrank_svd(model: nn.Module, config: LowRankSVDConfig, ctx: ApplyContext) -> ChangeRecord:
     """Truncated-SVD factorization of Linear and Conv2d layers (rank by energy, param ratio or fixed)."""
     model_before = _param_count(model)

@@ -197,7 +197,9 @@ def _wrap(model: nn.Module, entry: dict[str, Any], config: BottleneckAdapterConf
 
 
 @register(
-    BottleneckAdapterConfig, restore=lambda model, config, record: restore_adapters(model, config, record)
+    BottleneckAdapterConfig,
+    restore=lambda model, config, record: restore_adapters(model, config, record),
+    strength="bottleneck",
 )
 def bottleneck_adapter(model: nn.Module, config: BottleneckAdapterConfig, ctx: ApplyContext) -> ChangeRecord:
     """Houlsby bottleneck adapters after chosen layers/blocks (zero-initialised, backbone frozen)."""

@@ -64,7 +64,10 @@ def _trainable_names(model: nn.Module, config: BitFitConfig) -> tuple[list[str],
     return names, head
 
 
-@register(BitFitConfig, restore=lambda model, config, record: freeze_except(model, record.state["trainable"]))
+@register(
+    BitFitConfig,
+    restore=lambda model, config, record: freeze_except(model, record.state["trainable"]),
+)
 def bitfit(model: nn.Module, config: BitFitConfig, ctx: ApplyContext) -> ChangeRecord:
     """BitFit: freeze all weights, train the biases (and the head)."""
     before = count_params(model)

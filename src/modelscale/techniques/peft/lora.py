@@ -160,7 +160,11 @@ def _skip_reason(
     return wrap_blocker(model, name)
 
 
-@register(LoRAConfig, restore=lambda model, config, record: restore_lora(model, config, record))
+@register(
+    LoRAConfig,
+    restore=lambda model, config, record: restore_lora(model, config, record),
+    strength="rank",
+)
 def lora(model: nn.Module, config: LoRAConfig, ctx: ApplyContext) -> ChangeRecord:
     """LoRA (via peft) on the targeted Linear/Conv/Embedding layers; head trained fully by default."""
     layer_cls = _lora_layer_cls()

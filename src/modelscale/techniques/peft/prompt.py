@@ -68,7 +68,6 @@ class PromptTuningConfig(TechniqueConfig):
 
     type: ClassVar[str] = "prompt_tuning"
     version: ClassVar[int] = 1
-    applies_to: ClassVar[str] = "hf"
 
     target: Target = param(factory=Target, help="not used: prompt tuning selects no layers")
     num_virtual_tokens: int = param(8, "number n of trainable prompt vectors prepended to every input")
@@ -89,7 +88,6 @@ class PrefixTuningConfig(TechniqueConfig):
 
     type: ClassVar[str] = "prefix_tuning"
     version: ClassVar[int] = 1
-    applies_to: ClassVar[str] = "hf"
 
     target: Target = param(factory=Target, help="not used: prefix tuning selects no layers")
     num_virtual_tokens: int = param(8, "prefix length n: extra keys/values per attention layer")
@@ -284,13 +282,13 @@ def _restore(model: nn.Module, config: TechniqueConfig, record: ChangeRecord) ->
     _wrap(model, config)
 
 
-@register(PromptTuningConfig, restore=_restore)
+@register(PromptTuningConfig, restore=_restore, applies_to="hf", strength="num_virtual_tokens")
 def prompt_tuning(model: nn.Module, config: PromptTuningConfig, ctx: ApplyContext) -> ChangeRecord:
     """Prompt tuning (via peft) on an hf: model: trainable virtual-token embeddings, frozen model."""
     return _apply(model, config, ctx)
 
 
-@register(PrefixTuningConfig, restore=_restore)
+@register(PrefixTuningConfig, restore=_restore, applies_to="hf", strength="num_virtual_tokens")
 def prefix_tuning(model: nn.Module, config: PrefixTuningConfig, ctx: ApplyContext) -> ChangeRecord:
     """Prefix tuning (via peft) on an hf: model: trainable per-layer keys/values, frozen model."""
     return _apply(model, config, ctx)

@@ -11,7 +11,7 @@ bytes only; no speed is claimed without a measurement.
 
 Example::
 
-    cfg = GradualPruneConfig(initial_sparsity=0.0, final_sparsity=0.8, start_step=0, end_step=300)
+    cfg = GradualPruneConfig(initial_sparsity=0.0, amount=0.8, start_step=0, end_step=300)
     result = apply(model, cfg)
     fit(result.model, data, TrainConfig(epochs=10), callbacks=[GradualPruning(cfg)])
 """
@@ -38,7 +38,9 @@ class GradualPruneConfig(TechniqueConfig):
     version: ClassVar[int] = 1
 
     initial_sparsity: float = param(0.0, "sparsity s₀ applied at once, in [0, 1)")
-    final_sparsity: float = param(0.8, "sparsity s_f reached at end_step, in [0, 1)")
+    amount: float = param(
+        0.8, "final sparsity s_f, reached at end_step (and set by finalize), in [0, 1)", aliases=("final_sparsity",)
+    )
     start_step: int = param(0, "optimizer step t₀ at which the ramp starts")
     end_step: int = param(100, "optimizer step at which the final sparsity is reached")
     frequency: int = param(10, "prune every Δt optimizer steps (masks update in between stay fixed)")
@@ -46,11 +48,11 @@ class GradualPruneConfig(TechniqueConfig):
 
     def validate(self) -> None:
         check_range("initial_sparsity", self.initial_sparsity, 0.0, 1.0, hi_open=True)
-        check_range("final_sparsity", self.final_sparsity, 0.0, 1.0, hi_open=True)
+        check_range("amount", self.amount, 0.0, 1.0, hi_open=True)
         check_range("start_step", self.start_step, 0)
         check_range("frequency", self.frequency, 1)
-        if self.final_sparsity < self.initial_sparsity:
-            raise ModelscaleError("final_sparsity must be >= initial_sparsity")
+        if self.amount < self.initial_sparsity:
+            raise ModelscaleError("amount, the final sparsity, must be >= initial_sparsity")
         if self.end_step <= self.start_step:
             raise ModelscaleError(f"end_step ({self.end_step}) must be > start_step ({self.start_step})")
 
@@ -59,22 +61,37 @@ class GradualPruneConfig(TechniqueConfig):
         if step <= self.start_step:
             return self.initial_sparsity
         if step >= self.end_step:
-            return self.final_sparsity
+            return self.amount
         progress = (step - self.start_step) / (self.end_step - self.start_step)
-        return self.final_sparsity + (self.initial_sparsity - self.final_sparsity) * (1.0 - progress) ** 3
+        return self.amount + (self.initial_sparsity - self.amount) * (1.0 - progress) ** 3
 
     def step_config(self, sparsity: float) -> MagnitudePruneConfig:
         return MagnitudePruneConfig(amount=sparsity, scope=self.scope, target=self.target)
 
 
-@register(GradualPruneConfig, restore=lambda model, config, record: restore_masks(model, record))
+def _finalize(model: nn.Module, config: GradualPruneConfig) -> ChangeRecord:
+    """After the fine-tune: masks at the final sparsity, whatever step the schedule reached."""
+    record = magnitude_prune(model, config.step_config(config.amount), ApplyContext())
+    record.technique = config.type
+    record.config = config.to_dict()
+    record.notes.append(f"finalized at sparsity {config.amount:g} after fine-tuning")
+    return record
+
+
+@register(
+    GradualPruneConfig,
+    restore=lambda model, config, record: restore_masks(model, record),
+    strength="amount",
+    callbacks=lambda config: [GradualPruning(config)],
+    finalize=_finalize,
+)
 def gradual_prune(model: nn.Module, config: GradualPruneConfig, ctx: ApplyContext) -> ChangeRecord:
     """Gradual (cubic-schedule) magnitude pruning: masks at s₀ now, raised by the GradualPruning callback."""
     record = magnitude_prune(model, config.step_config(config.initial_sparsity), ctx)
     record.technique = config.type
     record.notes.append(
-        f"sparsity {config.initial_sparsity:g} now; train with callbacks=[GradualPruning(config)] to reach "
-        f"{config.final_sparsity:g} at step {config.end_step}"
+        f"sparsity {config.initial_sparsity:g} now; a following fine-tune raises it to {config.amount:g} "
+        f"by step {config.end_step} (callbacks=[GradualPruning(config)]), then finalize sets it exactly"
     )
     return record
 

@@ -68,7 +68,11 @@ def layer_sparsity_rows(layers: list[tuple[str, nn.Module]]) -> list[dict]:
     return rows
 
 
-@register(MagnitudePruneConfig, restore=lambda model, config, record: restore_masks(model, record))
+@register(
+    MagnitudePruneConfig,
+    restore=lambda model, config, record: restore_masks(model, record),
+    strength="amount",
+)
 def magnitude_prune(model: nn.Module, config: MagnitudePruneConfig, ctx: ApplyContext) -> ChangeRecord:
     """Unstructured magnitude pruning (per layer or global), kept by weight masks."""
     layers = [

@@ -105,7 +105,11 @@ def _to_sparse_kernel(layers: list[tuple[str, nn.Module]], backend: str) -> tupl
     return converted, notes, backend
 
 
-@register(SemiStructured24Config, restore=lambda model, config, record: restore_masks(model, record))
+@register(
+    SemiStructured24Config,
+    restore=lambda model, config, record: restore_masks(model, record),
+    applies_to="linear",
+)
 def semistructured_24(model: nn.Module, config: SemiStructured24Config, ctx: ApplyContext) -> ChangeRecord:
     """2:4 semi-structured sparsity for Linear layers, kept by weight masks."""
     chosen, skipped = [], []

@@ -388,7 +388,11 @@ def _layer_rows(before, after, changes, macs_before, macs_after, model) -> list[
     return rows
 
 
-@register(StructuredPruneConfig, restore=lambda model, config, record: restore_structure(model, record))
+@register(
+    StructuredPruneConfig,
+    restore=lambda model, config, record: restore_structure(model, record),
+    strength="ratio",
+)
 def structured_prune(model: nn.Module, config: StructuredPruneConfig, ctx: ApplyContext) -> ChangeRecord:
     """Structured pruning with Torch-Pruning: remove channels/neurons/heads, shrinking params and MACs."""
     batches = _check(model, config, ctx)

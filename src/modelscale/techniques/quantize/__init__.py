@@ -1,4 +1,5 @@
-"""Quantization: dynamic int8, weight-only int8/int4 (group-wise), and fp16/bf16/fp8 storage casts.
+"""Quantization: dynamic and static int8, quantization-aware training (QAT), weight-only int8/int4
+(group-wise), and fp16/bf16/fp8 storage casts.
 
 Each technique swaps the targeted Linear/Conv2d layers for small modules that keep their codes and
 scales as buffers (see `common.py`), so quantized models save to safetensors and reload without pickle.
@@ -15,6 +16,8 @@ Example::
 from modelscale.techniques.quantize.cast import CastConfig, CastLayer
 from modelscale.techniques.quantize.common import QuantizedLayer, quantized_bytes, sqnr_db
 from modelscale.techniques.quantize.dynamic_int8 import DynamicInt8Config, DynamicInt8Linear
+from modelscale.techniques.quantize.qat import QATConfig, convert_qat
+from modelscale.techniques.quantize.static_int8 import StaticInt8Config
 from modelscale.techniques.quantize.weight_only import WeightOnlyConfig, WeightOnlyLayer
 
 __all__ = [
@@ -22,9 +25,12 @@ __all__ = [
     "CastLayer",
     "DynamicInt8Config",
     "DynamicInt8Linear",
+    "QATConfig",
     "QuantizedLayer",
+    "StaticInt8Config",
     "WeightOnlyConfig",
     "WeightOnlyLayer",
+    "convert_qat",
     "quantized_bytes",
     "sqnr_db",
 ]

@@ -101,7 +101,7 @@ def _restore(model: nn.Module, config: CastConfig, record: ChangeRecord) -> None
     )
 
 
-@register(CastConfig, restore=_restore)
+@register(CastConfig, restore=_restore, trainable=False)
 def cast(model: nn.Module, config: CastConfig, ctx: ApplyContext) -> ChangeRecord:
     """Store weights in float16 / bfloat16 / float8 e4m3 (per-tensor or per-channel scale)."""
     chosen, notes = select_layers(model, config.target)

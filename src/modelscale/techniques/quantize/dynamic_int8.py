@@ -133,7 +133,7 @@ def _restore(model: nn.Module, config: DynamicInt8Config, record: ChangeRecord) 
     restore_layers(model, record, build)
 
 
-@register(DynamicInt8Config, restore=_restore)
+@register(DynamicInt8Config, restore=_restore, applies_to="linear", trainable=False)
 def dynamic_int8(model: nn.Module, config: DynamicInt8Config, ctx: ApplyContext) -> ChangeRecord:
     """Dynamic int8: int8 per-channel weights, int8 per-row activations, int32 accumulation."""
     chosen, notes = select_layers(model, config.target, kinds=(nn.Linear,))

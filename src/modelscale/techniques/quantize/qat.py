@@ -162,7 +162,12 @@ def _restore(model: nn.Module, config: QATConfig, record: ChangeRecord) -> None:
     )
 
 
-@register(QATConfig, restore=_restore)
+@register(
+    QATConfig,
+    restore=_restore,
+    strength="bits",
+    finalize=lambda model, config: convert_qat(model, inplace=True).record,
+)
 def qat(model: nn.Module, config: QATConfig, ctx: ApplyContext) -> ChangeRecord:
     """Quantization-aware training: fake-quant wrappers (STE); fine-tune with fit, then convert_qat."""
     chosen, notes = select_layers(model, config.target)

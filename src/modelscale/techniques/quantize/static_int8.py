@@ -349,7 +349,7 @@ def _restore(model: nn.Module, config: StaticInt8Config, record: ChangeRecord) -
     restore_layers(model, record, build)
 
 
-@register(StaticInt8Config, restore=_restore)
+@register(StaticInt8Config, restore=_restore, strength="bits", needs_calibration=True, trainable=False)
 def static_int8(model: nn.Module, config: StaticInt8Config, ctx: ApplyContext) -> ChangeRecord:
     """Static int8: calibrated activation scales, int8 weights; real int8 kernels where they run."""
     batches = calibration_batches(ctx.calibration, config.type)

@@ -212,7 +212,7 @@ def _restore(model: nn.Module, config: WeightOnlyConfig, record: ChangeRecord) -
     restore_layers(model, record, lambda module, row: _layer(module, config, row["name"]))
 
 
-@register(WeightOnlyConfig, restore=_restore)
+@register(WeightOnlyConfig, restore=_restore, strength="bits", trainable=False)
 def weight_only(model: nn.Module, config: WeightOnlyConfig, ctx: ApplyContext) -> ChangeRecord:
     """Weight-only int8/int4 with group-wise scales; the forward dequantizes (or uses ATen kernels)."""
     chosen, notes = select_layers(model, config.target)
