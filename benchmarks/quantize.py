@@ -41,8 +41,8 @@ import torch
 from torch import nn
 
 from modelscale.core.apply import apply
-from modelscale.core.checkpoint import save_compressed
 from modelscale.core.machine import machine_notes
+from modelscale.core.saving import save_compressed
 from modelscale.techniques.quantize.cast import CastConfig, CastLayer
 from modelscale.techniques.quantize.common import int_mm_available, quantized_bytes
 from modelscale.techniques.quantize.dynamic_int8 import DynamicInt8Config, DynamicInt8Linear

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from modelscale.core.errors import ModelscaleError
-from modelscale.models.bundle import load_model_dir
+from modelscale.models.loading import load_model_dir
 
 SEED = 0
 FINETUNE = {"epochs": 5, "lr": 5e-4, "seed": SEED}

@@ -139,9 +139,9 @@ def check_on_model(
 ) -> None:
     """Apply, lifecycle, save and reload on one model (check 3 above); `fresh` is an untouched copy."""
     from modelscale.core.apply import apply
-    from modelscale.core.checkpoint import save_compressed
     from modelscale.core.registry import config_from_dict, get_technique
-    from modelscale.models.bundle import load_compressed
+    from modelscale.core.saving import save_compressed
+    from modelscale.models.loading import load_compressed
 
     technique = get_technique(config.type)
     model.eval()

@@ -126,3 +126,18 @@ def test_the_checks_can_fail(tmp_path):
     tree = ast.parse('if config.type == "qat":\n    pass\n')
     constants = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)]
     assert "qat" in constants and "qat" in set(list_techniques())
+
+
+# Names still shared by two packages; each is waiting for a rename that would collide with work in
+# progress elsewhere. The list may only shrink.
+KNOWN_SHARED = {"config.py", "registry.py"}
+
+
+def test_module_file_names_do_not_collide_across_packages():
+    owners: dict[str, set[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        if path.name in ("__init__.py", "_common.py") or path.parent == PACKAGE:
+            continue
+        owners.setdefault(path.name, set()).add(_top(path))
+    shared = {name for name, pkgs in owners.items() if len(pkgs) > 1}
+    assert shared <= KNOWN_SHARED, f"file names used in several packages: {sorted(shared - KNOWN_SHARED)}"

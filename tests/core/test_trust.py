@@ -20,7 +20,7 @@ from modelscale.cli import main
 from modelscale.core.errors import ModelscaleError
 from modelscale.core.trust import file_options
 from modelscale.models import build_model
-from modelscale.models.bundle import build_for, save_model_dir
+from modelscale.models.loading import build_for, save_model_dir
 
 OPT_IN = "--allow-pickle"
 

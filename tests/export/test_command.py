@@ -12,7 +12,7 @@ from modelscale.export import export_command
 
 
 def test_export_command_on_saved_folder(trained, tmp_path):
-    from modelscale.core.checkpoint import save_compressed
+    from modelscale.core.saving import save_compressed
 
     model = trained["cnn"]
     saved = save_compressed(tmp_path / "saved", model, model_spec=model.modelscale_spec)

@@ -12,7 +12,7 @@ import yaml
 
 from modelscale.core.errors import ModelscaleError
 from modelscale.pipeline import load_recipe, patch_recipe, read_recipe
-from modelscale.pipeline.sweep import expand_sweeps
+from modelscale.pipeline.variants import expand_sweeps
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from modelscale.core.errors import ModelscaleError
-from modelscale.models.bundle import load_model_dir
+from modelscale.models.loading import load_model_dir
 from modelscale.pipeline import RunStore, run_recipe, runs_compare
 from modelscale.pipeline.runner import MARKER, run_lock
 

@@ -80,7 +80,7 @@ def _train_config(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace):
     from modelscale.engine import BaselineStep, Step, run_step
-    from modelscale.models.bundle import save_model_dir
+    from modelscale.models.loading import save_model_dir
     from modelscale.train import evaluate
 
     config = _train_config(args)
@@ -136,7 +136,7 @@ def cmd_compress(args: argparse.Namespace):
     from modelscale.core.registry import get_technique
     from modelscale.engine import run_steps
     from modelscale.measure.compare import compare
-    from modelscale.models.bundle import save_model_dir
+    from modelscale.models.loading import save_model_dir
     from modelscale.report.tables import compare_markdown
 
     technique = get_technique(args.technique)
@@ -171,7 +171,7 @@ def cmd_compress(args: argparse.Namespace):
 
 def cmd_compare(args: argparse.Namespace):
     from modelscale.measure.compare import compare
-    from modelscale.models.bundle import load_model
+    from modelscale.models.loading import load_model
     from modelscale.report.tables import compare_markdown
 
     session = _session(args, args.base)

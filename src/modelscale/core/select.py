@@ -77,3 +77,9 @@ def select_modules(model: nn.Module, target: Target, *, required: bool = True) -
             f"exclude={list(target.exclude)}); this model has module types: {', '.join(present)}"
         )
     return chosen
+
+
+def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Swap the submodule at dotted path `name` for `new` (the one way techniques swap a leaf module)."""
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)

@@ -28,7 +28,7 @@ from modelscale.engine.steps import (
     technique_step,
     train,
 )
-from modelscale.models.bundle import load_model
+from modelscale.models.loading import load_model
 
 __all__ = [
     "BaselineStep",

@@ -28,7 +28,7 @@ from torch import nn
 
 from modelscale.core.errors import ModelscaleError
 from modelscale.data.api import as_data_bundle
-from modelscale.models.bundle import ModelBundle, example_inputs, load_model
+from modelscale.models.loading import ModelBundle, example_inputs, load_model
 
 CALIBRATION_BATCHES = 4
 CALIBRATION_BATCH_SIZE = 64

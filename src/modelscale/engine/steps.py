@@ -32,7 +32,7 @@ import torch
 from modelscale.core.errors import ModelscaleError
 from modelscale.engine.session import Session
 from modelscale.engine.specs import ExportConfig, ModelSection
-from modelscale.models.bundle import ModelBundle, is_model_dir, load_model, load_model_dir
+from modelscale.models.loading import ModelBundle, is_model_dir, load_model, load_model_dir
 
 TRAINING_KINDS = ("finetune", "distill")
 STEP_KINDS = ("baseline", "technique", "finetune", "distill", "export")
@@ -209,7 +209,7 @@ def build_section(section: ModelSection, session: Session, *, seed: int | None =
 
 def check_trust(section: ModelSection | None, where: str, *, allow_pickle: bool) -> None:
     """Refuse, before anything runs, a model section (or the folder it loads) that asks for trust."""
-    from modelscale.core.checkpoint import read_manifest, stored_spec
+    from modelscale.core.saving import read_manifest, stored_spec
     from modelscale.core.trust import file_options
 
     if section is None:

@@ -78,7 +78,7 @@ def export_command(
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ModelscaleError(f"threads must be an integer >= 1 or None, got {threads!r}")
     from modelscale.data.api import as_data_bundle
-    from modelscale.models.bundle import example_inputs, load_model
+    from modelscale.models.loading import example_inputs, load_model
 
     if isinstance(source, str | os.PathLike) and not Path(source, "modelscale.json").is_file():
         raise ModelscaleError(

@@ -29,11 +29,11 @@ _LAZY = {
     "read_recipe": "modelscale.pipeline.recipe",
     "RunResult": "modelscale.pipeline.runner",
     "run_recipe": "modelscale.pipeline.runner",
-    "run_command": "modelscale.pipeline.commands",
-    "runs_compare": "modelscale.pipeline.commands",
-    "runs_delete": "modelscale.pipeline.commands",
-    "runs_list": "modelscale.pipeline.commands",
-    "runs_show": "modelscale.pipeline.commands",
+    "run_command": "modelscale.pipeline.run_commands",
+    "runs_compare": "modelscale.pipeline.run_commands",
+    "runs_delete": "modelscale.pipeline.run_commands",
+    "runs_list": "modelscale.pipeline.run_commands",
+    "runs_show": "modelscale.pipeline.run_commands",
 }
 
 __all__ = sorted(_LAZY)

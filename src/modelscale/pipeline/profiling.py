@@ -96,7 +96,7 @@ def paired_with_baseline(
     first device and dtype the recipe measures."""
     from modelscale.engine.session import Session
     from modelscale.measure import measure_latency_pair
-    from modelscale.models.bundle import load_model_dir
+    from modelscale.models.loading import load_model_dir
 
     device, dtype = measure_cfg.devices[0], measure_cfg.dtypes[0]
     try:

@@ -4,7 +4,7 @@ Every field is validated before anything runs, through the same config classes t
 (`TechniqueConfig.from_dict`, `TrainConfig.from_dict`, the distillation config). Errors name the field
 path and the valid options (`steps[2].config.amount: must be < 1.0, got 1.5`); unknown keys are
 rejected at every level. Any scalar may be a sweep (`{sweep: [0.3, 0.5]}`): the recipe expands into
-the cartesian product of variants (see `sweep.py`).
+the cartesian product of variants (see `variants.py`).
 
 Example::
 
@@ -36,7 +36,7 @@ from modelscale.core.errors import ModelscaleError
 from modelscale.core.trust import TRUST_KEYS
 from modelscale.engine.specs import DataSection, ExportConfig, MeasureSection, ModelSection
 from modelscale.engine.steps import DistillStep, Step
-from modelscale.pipeline.sweep import Variant, expand_sweeps
+from modelscale.pipeline.variants import Variant, expand_sweeps
 
 __all__ = [
     "DataSection",

@@ -4,7 +4,7 @@ Layout of a run folder::
 
     <run_dir>/recipe.json                       the recipe as given (with its sweeps)
     <run_dir>/<variant>/<index>-<name>/         one folder per step; 0-baseline first
-        model.safetensors, modelscale.json      the model after the step (models.bundle.save_model_dir)
+        model.safetensors, modelscale.json      the model after the step (models.loading.save_model_dir)
         profile.json                            the measurements (one profile per device/dtype/batch)
         model.onnx                              export steps only
         DONE.json                               the step-complete marker, written LAST (atomically)
@@ -42,7 +42,7 @@ from typing import Any
 from modelscale.core.errors import ModelscaleError
 from modelscale.engine.steps import BaselineStep, check_trust
 from modelscale.pipeline.folders import MARKER, read_marker, run_lock
-from modelscale.pipeline.progress import Printer, headline_text
+from modelscale.pipeline.printer import Printer, headline_text
 from modelscale.pipeline.recipe import ModelSection, Recipe, RecipePlan, Step, load_recipe
 from modelscale.pipeline.store import RunStore, open_store
 
@@ -284,7 +284,7 @@ class _Variant:
             todo += 1
         bundle = None
         if 0 < todo < len(self.steps):
-            from modelscale.models.bundle import load_model_dir
+            from modelscale.models.loading import load_model_dir
 
             last = self.steps[todo - 1]
             try:
@@ -338,7 +338,7 @@ class _Variant:
         ]
 
     def execute(self, run_id: str, step: Step, bundle: Any) -> tuple[StepResult, Any]:
-        from modelscale.models.bundle import load_model_dir
+        from modelscale.models.loading import load_model_dir
 
         sdir = self.vdir / step.folder
         key = self.recipe.prefix_key(step.index)
@@ -394,7 +394,7 @@ class _Variant:
         """Execute the step, save its checkpoint and measurements, then write the marker last."""
         from modelscale.core.io import write_json
         from modelscale.engine import Session, run_step
-        from modelscale.models.bundle import load_model_dir, save_model_dir
+        from modelscale.models.loading import load_model_dir, save_model_dir
         from modelscale.pipeline.profiling import measure, paired_with_baseline
 
         if sdir.exists():

@@ -7,7 +7,7 @@ Example::
     markdown_path, html_path = build_report(["05eba6099ac4"], store="runs/modelscale.db", out_dir="reports/x")
 """
 
-from modelscale.report.pareto import pareto_front
+from modelscale.analysis.pareto import pareto_front
 from modelscale.report.runs_report import build_report, report_command
 from modelscale.report.tables import (
     compare_markdown,

@@ -1,6 +1,6 @@
 """Looks inside saved step models for a report: per-layer records, weights, feature maps, CKA.
 
-Everything here reads the checkpoint folders the runner wrote (`modelscale.models.bundle.load_model_dir`)
+Everything here reads the checkpoint folders the runner wrote (`modelscale.models.loading.load_model_dir`)
 and returns plain numbers and arrays; plotting lives in `plots.py`. Nothing changes the models.
 
 - `step_record(folder, technique)`: the ChangeRecord a technique step added (its `layers` rows).
@@ -30,7 +30,7 @@ NUMERIC_SKIP = {"numel"}
 
 def load_step_model(folder: Path, cache: dict[str, Any]) -> Any:
     """The ModelBundle saved in `folder`, loaded once per report."""
-    from modelscale.models.bundle import load_model_dir
+    from modelscale.models.loading import load_model_dir
 
     key = str(Path(folder).resolve())
     if key not in cache:
@@ -42,7 +42,7 @@ def load_step_model(folder: Path, cache: dict[str, Any]) -> Any:
 
 def step_record(folder: Path, technique: str) -> dict[str, Any] | None:
     """The last record of `technique` in the step's manifest: the one this step added."""
-    from modelscale.core.checkpoint import read_manifest
+    from modelscale.core.saving import read_manifest
 
     records = read_manifest(folder).get("records", [])
     return next((r for r in reversed(records) if r.get("technique") == technique), None)

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from modelscale.analysis.pareto import pareto_front
 from modelscale.core.errors import ModelscaleError
-from modelscale.report.pareto import pareto_front
 
 DPI = 110
 STYLE = {

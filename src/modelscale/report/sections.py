@@ -13,8 +13,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from modelscale.analysis.pareto import pareto_front
 from modelscale.core.errors import ModelscaleError
-from modelscale.report.pareto import pareto_front
 from modelscale.report.run_data import ACCURACY, MACS, NONZERO, PARAMS, SERIALIZED, ZIPPED, RunView
 from modelscale.report.tables import DASH, human, millis, percent, signed, times
 

@@ -114,7 +114,7 @@ def _family(family_results: Any) -> list[dict[str, Any]]:
     """[{label, model}] from a SweepResult / records (model_path; largest data fraction, lowest seed) or modules."""
     from torch import nn
 
-    from modelscale.models.bundle import load_compressed
+    from modelscale.models.loading import load_compressed
 
     points = getattr(family_results, "points", family_results)
     if isinstance(points, dict):
@@ -202,7 +202,7 @@ def _compress(largest: Any, steps: list[Any], data: Any, finetune: Any) -> tuple
     """The engine's run of one variant: its trainable techniques, one fine-tune, then post-training ones."""
     from modelscale.core.registry import get_technique
     from modelscale.engine import Session, finetune_step, run_steps, technique_step
-    from modelscale.models.bundle import ModelBundle
+    from modelscale.models.loading import ModelBundle
 
     trainable = [s for s in steps if get_technique(s.type).trainable]
     tuned = bool(trainable) and finetune is not None
@@ -242,7 +242,7 @@ def compress_or_train_small(
 
     from modelscale.core.registry import config_from_dict
     from modelscale.measure import measure_latency_pair, measure_size
-    from modelscale.models.bundle import load_compressed
+    from modelscale.models.loading import load_compressed
     from modelscale.train import TrainConfig, evaluate
 
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:

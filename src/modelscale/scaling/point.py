@@ -135,7 +135,7 @@ def _record(
         "model_path": None,
     }
     if config.save_models:
-        from modelscale.core.checkpoint import save_compressed
+        from modelscale.core.saving import save_compressed
 
         path = out_dir / "points" / point.key / "model"
         save_compressed(

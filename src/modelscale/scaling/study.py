@@ -21,7 +21,6 @@ Example::
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -79,13 +78,12 @@ def aggregate(result: SweepResult) -> list[dict[str, Any]]:
 
 
 def compute_frontier(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows with a lower loss than every cheaper row (the lower envelope of loss vs compute)."""
-    best, out = math.inf, []
-    for row in sorted(rows, key=lambda r: r["C"]):
-        if row["loss"] < best:
-            out.append(row)
-            best = row["loss"]
-    return out
+    """The rows on the Pareto front of (compute, loss), cheapest first: the lower envelope of loss vs C
+    (`analysis.pareto.pareto_front`, the one front used by reports, studies and the search)."""
+    from modelscale.analysis.pareto import pareto_front
+
+    front = pareto_front(rows, minimize=["C", "loss"])
+    return sorted((rows[i] for i in front), key=lambda r: (r["C"], r["loss"]))
 
 
 def fit_study(rows: list[dict[str, Any]], *, n_boot: int = 200, seed: int = 0) -> tuple[dict, dict[str, str]]:

@@ -252,7 +252,7 @@ def run_sweep(
     together with its name. `jobs` > 1 runs points in that many spawned processes. `allow_pickle` is the
     user's own opt-in to pickled weights named in model_options; the study file cannot grant it.
     """
-    from modelscale.pipeline.progress import Printer
+    from modelscale.pipeline.printer import Printer
     from modelscale.pipeline.store import open_store
 
     if isinstance(config, dict):

@@ -24,23 +24,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from modelscale.core.errors import ModelscaleError
+from modelscale.measure._common import logits_of  # noqa: F401 - the one reader of model outputs
 
 TASKS = ("classification", "lm")
 
 
-def logits_of(outputs: Any) -> torch.Tensor:
-    """The logits tensor of a model's output (a tensor, an object with `.logits`, or a tuple's first item)."""
-    if isinstance(outputs, torch.Tensor):
-        return outputs
-    logits = getattr(outputs, "logits", None)
-    if isinstance(logits, torch.Tensor):
-        return logits
-    if isinstance(outputs, tuple | list) and outputs and isinstance(outputs[0], torch.Tensor):
-        return outputs[0]
-    raise ModelscaleError(
-        f"cannot find logits in the model output of type {type(outputs).__name__}; "
-        "return a tensor, a tuple starting with one, or an object with .logits"
-    )
 
 
 def eval_sums(

@@ -33,7 +33,7 @@ from torch.nn.utils import parametrize
 from modelscale.core.apply import ApplyContext, ChangeRecord
 from modelscale.core.config import TechniqueConfig, check_range, param
 from modelscale.core.registry import register
-from modelscale.core.select import select_modules
+from modelscale.core.select import select_modules, set_module
 
 
 @dataclass(kw_only=True)
@@ -167,12 +167,6 @@ def _factors(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return u * root, root[:, None] * vh, s
 
 
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
 def _skip_reason(model: nn.Module, name: str, module: nn.Module) -> str | None:
     """Why layer `name` cannot be factorized, or None when it can."""
     parent_name = name.rpartition(".")[0]
@@ -239,7 +233,7 @@ def lowrank_svd(model: nn.Module, config: LowRankSVDConfig, ctx: ApplyContext) -
         new.train(module.training)
         if parametrize.is_parametrized(module):
             folded.append(name)
-        _set_module(model, name, new)
+        set_module(model, name, new)
         sq = s.double().pow(2)
         kept = float(sq[:r].sum() / sq.sum()) if float(sq.sum()) > 0 else 1.0
         layers.append(
@@ -307,4 +301,4 @@ def restore_lowrank(model: nn.Module, record: ChangeRecord) -> None:
                 device=weight.device,
                 dtype=weight.dtype,
             )
-        _set_module(model, name, new)
+        set_module(model, name, new)

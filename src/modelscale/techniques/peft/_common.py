@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from modelscale.core.errors import ModelscaleError
+from modelscale.core.select import set_module  # noqa: F401 - re-exported for the peft techniques
 
 # Parents whose forward reads a child's `.weight` directly (MultiheadAttention always; the transformer
 # layers on their inference fast path): a wrapper placed on such a child would be silently bypassed.
@@ -39,12 +40,6 @@ def find_head(model: nn.Module, name: str = "") -> tuple[str, nn.Module]:
     if not linears:
         raise ModelscaleError("the model has no nn.Linear to use as head; name the head module with `head`")
     return linears[-1]
-
-
-def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
 
 
 def new_linear_head(old: nn.Module, num_classes: int | None, seed: int) -> nn.Linear:
@@ -107,7 +102,10 @@ def param_summary(model: nn.Module, total_before: int | None = None) -> dict[str
 
 
 def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    """All parameters of `model` (the one counter, `modelscale.measure.count_params`)."""
+    from modelscale.measure import count_params as measure_params
+
+    return measure_params(model).total
 
 
 def wrap_blocker(model: nn.Module, name: str) -> str | None:

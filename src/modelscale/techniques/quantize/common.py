@@ -41,6 +41,7 @@ from torch import nn
 from modelscale.core.apply import ChangeRecord
 from modelscale.core.errors import ModelscaleError
 from modelscale.core.select import Target, select_modules
+from modelscale.core.select import set_module as replace_module  # noqa: F401 - one swap, used by the quantizers
 
 SCALE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _EPS = 1e-12
@@ -266,11 +267,6 @@ def parent_reads_weight(model: nn.Module, name: str) -> bool:
     parent, _, child = name.rpartition(".")
     owner = model.get_submodule(parent) if parent else model
     return isinstance(owner, nn.MultiheadAttention) and child == "out_proj"
-
-
-def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
 def layer_row(name: str, layer: QuantizedLayer, **extra: Any) -> dict[str, Any]:

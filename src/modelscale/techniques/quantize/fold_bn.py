@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from modelscale.core.errors import ModelscaleError
+from modelscale.core.select import set_module
 
 
 @dataclass
@@ -39,11 +40,6 @@ class FoldResult:
     pairs: list[tuple[str, str]] = field(default_factory=list)
     method: str = "none"  # "fx" | "sequential" | "none" (the model has no BatchNorm2d)
     notes: list[str] = field(default_factory=list)
-
-
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
 def foldable_problem(conv: nn.Module, bn: nn.Module) -> str | None:
@@ -149,7 +145,7 @@ def fold_batchnorm(model: nn.Module, *, convs: Iterable[str] | None = None) -> F
         if bn.training:
             in_training.append(bn_name)
         fold_conv_bn(conv, bn)
-        _set_module(model, bn_name, nn.Identity())
+        set_module(model, bn_name, nn.Identity())
         result.pairs.append((conv_name, bn_name))
     if in_training:
         result.notes.append(
@@ -170,5 +166,5 @@ def refold(model: nn.Module, pairs: Iterable[Iterable[str]]) -> nn.Module:
                 "pass the same architecture"
             ) from None
         fold_conv_bn(conv, bn)
-        _set_module(model, bn_name, nn.Identity())
+        set_module(model, bn_name, nn.Identity())
     return model

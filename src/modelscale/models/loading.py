@@ -8,7 +8,7 @@ the zoo rebuilding the base architecture from the stored spec. No pickle runs un
 
 Example::
 
-    from modelscale.models.bundle import build_for, load_compressed, save_model_dir
+    from modelscale.models.loading import build_for, load_compressed, save_model_dir
     bundle = build_for("cnn", input_shape=(1, 8, 8), num_classes=10)
     save_model_dir("runs/cnn", bundle)
     model = load_compressed("runs/cnn")
@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from modelscale.core.checkpoint import load_into, read_manifest, save_compressed, stored_spec
 from modelscale.core.errors import ModelscaleError
+from modelscale.core.saving import load_into, read_manifest, save_compressed, stored_spec
 
 TOKEN_FAMILIES = ("gpt", "hf:")
 

@@ -5,8 +5,8 @@ import random
 
 import pytest
 
+from modelscale.analysis.pareto import pareto_front
 from modelscale.core.errors import ModelscaleError
-from modelscale.report.pareto import pareto_front
 
 
 def test_two_objectives_hand_made():
