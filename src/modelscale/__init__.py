@@ -37,6 +37,7 @@ _LAZY = {
     "save_model_dir": "modelscale.models.loading",
     "open_session": "modelscale.engine",
     "run_steps": "modelscale.engine",
+    "search": "modelscale.search",
     "profile": "modelscale.measure.profile",
     "compare": "modelscale.measure.compare",
     "load_data": "modelscale.data",

@@ -179,6 +179,44 @@ def build_parser(technique: str | None = None, *, list_techniques: bool = True) 
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
     p = sub.add_parser(
+        "search",
+        help="search whole compression recipes (Optuna) for objectives under constraints; Pareto set",
+        description="Search pruning × low rank × (distilled) fine-tune × quantization recipes for a trained "
+        "model. Metrics: accuracy, loss, accuracy_drop (points), bytes, zipped_bytes, latency_p50_b1, "
+        "latency_p90_b1, latency_p50_bN, latency_p90_bN, speedup_b1, speedup_bN, params, macs.",
+    )
+    p.add_argument("model", help="the trained model: a saved model folder (or a zoo name)")
+    p.add_argument("--data", required=True, help="data source the model was trained on (e.g. digits)")
+    p.add_argument("--space", help="a YAML/JSON search space (default: prune × low rank × tune × quantize)")
+    p.add_argument(
+        "--objective",
+        action="append",
+        default=None,
+        help="objective metric (repeatable; default accuracy, bytes)",
+    )
+    p.add_argument(
+        "--constraint",
+        action="append",
+        default=[],
+        help="e.g. 'accuracy_drop <= 1' or 'latency_p90_b1 <= 0.5 * baseline'",
+    )
+    p.add_argument("--trials", type=int, default=50, help="trials in the study (all workers together)")
+    p.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
+    p.add_argument("--out", default="runs/search", help="folder for trials, recipes/ and pareto.json")
+    p.add_argument(
+        "--storage", default=None, help="Optuna storage URL (default: sqlite in --out; postgresql://…)"
+    )
+    p.add_argument("--study", default="search", help="study name in the storage")
+    p.add_argument("--resume", action="store_true", help="continue an existing study")
+    p.add_argument(
+        "--worker", action="store_true", help="join an existing study (another process started it)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="sampler seed (recorded in the study)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads while timing latency")
+    _allow_pickle(p)
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+    p = sub.add_parser(
         "fit-law", help="fit a scaling law L = E + A/N^a (+ B/D^b) to a CSV, with bootstrap CIs"
     )
     p.add_argument("csv", help="CSV file with one row per trained model")

@@ -262,6 +262,31 @@ def cmd_scale(args: argparse.Namespace):
     )
 
 
+def cmd_search(args: argparse.Namespace):
+    from modelscale.core.io import read_structured
+    from modelscale.search import search
+
+    space = read_structured(args.space) if args.space else None
+    result = search(
+        args.model,
+        args.data,
+        space=space,
+        objectives=args.objective or ["accuracy", "bytes"],
+        constraints=args.constraint,
+        n_trials=args.trials,
+        timeout=args.timeout,
+        out=args.out,
+        storage=args.storage,
+        study_name=args.study,
+        seed=args.seed,
+        resume=args.resume,
+        worker=args.worker,
+        threads=args.threads,
+        allow_pickle=args.allow_pickle,
+    )
+    return result.markdown(), result.to_dict()
+
+
 def cmd_fit_law(args: argparse.Namespace):
     from modelscale.scaling import fit_law_command
 

@@ -320,14 +320,19 @@ def _distill(session: Session, spec: DistillStep, find_teacher: Callable[[str], 
     def fit_fn(model: Any, data: Any, config: Any, callbacks: list[Any]) -> Any:
         return distill(model, teacher.model, data, config, spec.config, callbacks=callbacks)
 
-    summary, rows = train(
-        student.model,
-        session.data,
-        spec.train,
-        callbacks=lifecycle_callbacks(student.records),
-        progress=session.progress,
-        fit_fn=fit_fn,
-    )
+    trainable = [(p, p.requires_grad) for p in teacher.model.parameters()]
+    try:  # distillation freezes the teacher; it is the run's baseline, so it is given back as it was
+        summary, rows = train(
+            student.model,
+            session.data,
+            spec.train,
+            callbacks=lifecycle_callbacks(student.records),
+            progress=session.progress,
+            fit_fn=fit_fn,
+        )
+    finally:
+        for p, flag in trainable:
+            p.requires_grad_(flag)
     student = ModelBundle(student.model, student.spec, _finalize(student.model, student.records))
     return StepOutcome(
         student, {"train": summary, "teacher": spec.teacher, "new_student": spec.student is not None}, rows

@@ -1,0 +1,460 @@
+"""`search`: the Pareto front of whole compression recipes for a user's objectives and constraints.
+
+Optuna drives it (no home-made optimiser): TPE (multivariate, with the constraints) for one or two
+objectives, NSGA-II for three or more; the seed is fixed and recorded. The study lives in Optuna's RDB
+storage — a SQLite file next to the search folder by default, any SQLAlchemy URL (PostgreSQL for
+several machines) with `storage=` — with heartbeats, so a killed worker's trial is marked failed and
+retried once; `resume=True` continues a study, and several processes started with the same storage and
+study name share it (`modelscale search --worker`). Every trial is a complete recipe run by the one
+engine on a copy of the baseline, saved in `<out>/trials/<n>/` and measured on the validation split,
+the saved file, and latency paired against the baseline; the first trials are warm starts (each
+quantizer alone, and the most compressed corner) so the front starts where compression is cheap.
+
+At the end the feasible Pareto set is evaluated once on the test split, written as `pareto.json`, and
+each point's recipe as `recipes/<n>.yaml`, which `modelscale run` accepts as is.
+
+Example::
+
+    from modelscale.search import search
+    result = search("runs/cnn", "digits", objectives=["accuracy", "bytes"],
+                    constraints=["accuracy_drop <= 1", "bytes <= 24000"], n_trials=50, out="runs/search")
+    print(result.markdown())
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modelscale.core.errors import ModelscaleError
+from modelscale.search.objectives import (
+    check_feasible,
+    needs_latency,
+    objective_values,
+    parse_constraints,
+    parse_objectives,
+)
+from modelscale.search.space import NONE, SearchSpace, default_space, parse_space
+from modelscale.search.trial import TrialPlan, baseline_metrics, recipe_of, run_trial, sample_steps
+
+MAX_TRIALS = 100_000
+
+
+@dataclass
+class SearchResult:
+    study: str
+    storage: str
+    objectives: list[dict[str, str]]
+    constraints: list[str]
+    baseline: dict[str, float]
+    pareto: list[dict[str, Any]]  # feasible front: number, params, metrics, test metrics, recipe file
+    trials: int
+    feasible: int
+    seconds: float
+    out_dir: str
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def markdown(self) -> str:
+        from modelscale.core.formatting import human, table
+
+        names = [o["metric"] for o in self.objectives]
+        headers = ["trial", "recipe", *names, "test accuracy", "bytes", "speedup b1", "recipe file"]
+        rows = []
+        for p in self.pareto:
+            m = p["metrics"]
+            rows.append(
+                [
+                    str(p["number"]),
+                    p["label"],
+                    *[_cell(n, m.get(n)) for n in names],
+                    _cell("accuracy", p.get("test", {}).get("accuracy")),
+                    human(m.get("bytes")),
+                    _cell("speedup_b1", m.get("speedup_b1")),
+                    p["recipe_file"],
+                ]
+            )
+        head = (
+            f"Search {self.study}: {self.trials} trial(s), {self.feasible} feasible; Pareto set of "
+            f"{len(self.pareto)} over {', '.join(names)} (constraints: {', '.join(self.constraints) or 'none'}). "
+            f"Baseline: accuracy {_cell('accuracy', self.baseline.get('accuracy'))}, "
+            f"{human(self.baseline.get('bytes'))} B.\n\n"
+        )
+        return (
+            head
+            + (table(headers, rows) if rows else "No feasible trial.")
+            + "\n"
+            + "\n".join(f"- {n}" for n in self.notes)
+        )
+
+
+def _cell(name: str, value: Any) -> str:
+    from modelscale.core.formatting import DASH, human
+
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return DASH
+    if name == "accuracy":
+        return f"{100 * value:.2f}%"
+    if name.startswith("speedup"):
+        return f"{value:.2f}×"
+    if name == "accuracy_drop":
+        return f"{value:+.2f} pt"
+    return human(value)
+
+
+def _label(steps: list[Any]) -> str:
+    parts = []
+    for s in steps:
+        if s.kind == "technique":
+            parts.append(s.config.label())
+        elif s.kind == "finetune":
+            parts.append(f"finetune({s.config.epochs})")
+        elif s.kind == "distill":
+            parts.append(f"distill({s.config.train.epochs}, α={s.config.config.alpha:.2f})")
+    return " → ".join(parts) or "baseline"
+
+
+def warm_starts(space: SearchSpace) -> list[dict[str, Any]]:
+    """First trials: each quantizer alone, then the most compressed corner of every stage."""
+    quantize = [s for s in space.stages if not s.trains and s.optional]
+    starts: list[dict[str, Any]] = []
+
+    def nothing() -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        for s in space.stages:
+            if s.trains:
+                params[f"{s.name}.epochs"] = s.epochs.choices[0] if s.epochs.choices else s.epochs.low
+                if s.distill is not None:
+                    params[f"{s.name}.distill"] = False
+            elif s.optional:
+                params[f"{s.name}.technique"] = NONE
+            else:
+                params[f"{s.name}.technique"] = s.options[0].technique
+        return params
+
+    last = quantize[-1] if quantize else None
+    if last is not None:
+        for option in last.options:
+            p = nothing()
+            p[f"{last.name}.technique"] = option.technique
+            for k in option.knobs:
+                p[f"{last.name}.{option.technique}.{k.name}"] = k.choices[0] if k.choices else k.high
+            starts.append(p)
+    corner = nothing()
+    for s in space.stages:
+        if s.trains:
+            corner[f"{s.name}.epochs"] = s.epochs.choices[-1] if s.epochs.choices else s.epochs.high
+        else:
+            option = s.options[0]
+            corner[f"{s.name}.technique"] = option.technique
+            for k in option.knobs:
+                corner[f"{s.name}.{option.technique}.{k.name}"] = k.choices[-1] if k.choices else k.high
+    starts.append(corner)
+    return starts
+
+
+def _keyed_constraints() -> bool:
+    """Optuna 5 reads constraints from `trial.set_constraint`; older versions from `constraints_func`."""
+    import optuna
+
+    return hasattr(optuna.trial.Trial, "set_constraint")
+
+
+def _sampler(n_objectives: int, constraints: Any, seed: int) -> Any:
+    import optuna
+
+    def constraints_func(trial: Any) -> list[float]:
+        return list(trial.user_attrs.get("constraint_violation", [1.0] * len(constraints)))
+
+    extra: dict[str, Any] = {}
+    if constraints and not _keyed_constraints():
+        extra["constraints_func"] = constraints_func
+    if n_objectives >= 3:
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=20, **extra)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=8, **extra)
+
+
+def _storage(url: str | None, out: Path) -> Any:
+    import inspect
+
+    import optuna
+
+    url = url or f"sqlite:///{(out / 'search.db').resolve()}"
+    kwargs: dict[str, Any] = {"heartbeat_interval": 30, "grace_period": 120}
+    params = inspect.signature(optuna.storages.RDBStorage.__init__).parameters
+    if "heartbeat_stale_trial_callback" in params and hasattr(
+        optuna.storages, "RetryHeartbeatStaleTrialCallback"
+    ):
+        kwargs["heartbeat_stale_trial_callback"] = optuna.storages.RetryHeartbeatStaleTrialCallback(
+            max_retry=1
+        )
+    else:
+        kwargs["failed_trial_callback"] = optuna.storages.RetryFailedTrialCallback(max_retry=1)
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine, **kwargs), url
+    except Exception as exc:  # noqa: BLE001 - a bad URL or an unreachable server: one line
+        raise ModelscaleError(f"cannot open the study storage {url!r}: {str(exc).splitlines()[0]}") from None
+
+
+def search(
+    model: Any,
+    data: Any,
+    *,
+    space: SearchSpace | dict[str, Any] | None = None,
+    objectives: list[str] | tuple[str, ...] = ("accuracy", "bytes"),
+    constraints: list[str] | tuple[str, ...] = (),
+    n_trials: int = 50,
+    timeout: float | None = None,
+    out: str | Path = "runs/search",
+    storage: str | None = None,
+    study_name: str = "search",
+    seed: int = 0,
+    resume: bool = False,
+    worker: bool = False,
+    latency_batch: int = 32,
+    repeats: int = 20,
+    threads: int = 1,
+    allow_pickle: bool = False,
+    progress: bool = True,
+    store_path: str | Path | None = None,
+) -> SearchResult:
+    """Search recipes for `model` (a saved folder or zoo name, trained) on `data`; see the module docstring.
+
+    `resume`: continue the study stored under `out`/`storage` (default: refuse an existing one).
+    `worker`: join an existing study (created by another process) and run trials until the study holds
+    `n_trials` in all.
+    """
+    import warnings
+
+    import optuna
+
+    from modelscale.engine import open_session
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+    space = (
+        default_space() if space is None else space if isinstance(space, SearchSpace) else parse_space(space)
+    )
+    objs = parse_objectives(list(objectives))
+    cons = parse_constraints(list(constraints))
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or not 1 <= n_trials <= MAX_TRIALS:
+        raise ModelscaleError(f"n_trials must be an integer in [1, {MAX_TRIALS}], got {n_trials!r}")
+    if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
+        raise ModelscaleError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ModelscaleError(f"--out {out} is a file; give a folder for the search")
+    session = open_session(model, data=data, seed=seed, allow_pickle=allow_pickle, progress=False)
+    if session.data is None:
+        raise ModelscaleError("the search needs data with a validation split; pass --data (e.g. digits)")
+    plan = TrialPlan({}, cons, needs_latency(objs, cons), latency_batch, repeats, threads=threads)
+    out.mkdir(parents=True, exist_ok=True)
+    base = baseline_metrics(session, plan.latency, plan, out / "baseline")
+    plan.baseline_metrics = base
+    check_feasible(cons, base)
+    store, url = _storage(storage, out)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    existing = [s.study_name for s in optuna.get_all_study_summaries(store)]
+    if study_name in existing and not (resume or worker):
+        raise ModelscaleError(
+            f"study {study_name!r} already exists in {url}; pass --resume to continue it or --study NAME"
+        )
+    if worker and study_name not in existing:
+        raise ModelscaleError(f"no study {study_name!r} in {url} to join; start it first without --worker")
+    study = optuna.create_study(
+        storage=store,
+        study_name=study_name,
+        directions=[o.direction for o in objs],
+        sampler=_sampler(len(objs), cons, seed),
+        load_if_exists=True,
+    )
+    if study_name not in existing:
+        study.set_user_attr("seed", seed)
+        study.set_user_attr("space", space.to_dict())
+        study.set_user_attr("objectives", [o.metric for o in objs])
+        study.set_user_attr("constraints", [str(c) for c in cons])
+        study.set_user_attr("baseline", base)
+        for params in warm_starts(space):
+            study.enqueue_trial(params, skip_if_exists=True)
+    t0 = time.perf_counter()
+    spec_data = {"source": session.data.name, "seed": seed}
+    run_store = store_path or out / "modelscale.db"
+    baseline_dir = str((out / "baseline").resolve())
+
+    def objective(trial: Any) -> list[float]:
+        steps = sample_steps(trial, space)
+        folder = out / "trials" / f"{trial.number + 1:04d}"
+        label = _label(steps)
+        trial.set_user_attr("label", label)
+        try:
+            metrics = run_trial(session, steps, folder, plan)
+        except ModelscaleError as exc:  # a recipe that cannot run on this model is infeasible, not a crash
+            trial.set_user_attr("error", str(exc).splitlines()[0])
+            trial.set_user_attr("constraint_violation", [1.0] * len(cons))
+            if _keyed_constraints():
+                for c in cons:
+                    trial.set_constraint(str(c), 1.0)
+            _say(
+                progress,
+                f"[trial {trial.number + 1}/{n_trials}] {label}: not applicable ({str(exc).splitlines()[0]})",
+            )
+            return [(-math.inf if o.direction == "maximize" else math.inf) for o in objs]
+        violation = [c.violation(metrics, base) for c in cons]
+        trial.set_user_attr("metrics", {k: v for k, v in metrics.items() if _plain(v)})
+        trial.set_user_attr("constraint_violation", violation)
+        if _keyed_constraints():
+            for c, v in zip(cons, violation):
+                trial.set_constraint(str(c), float(v))
+        recipe = recipe_of(steps, baseline_dir, spec_data, {"metrics": ["params", "size", "accuracy"]})
+        trial.set_user_attr("recipe", recipe)
+        _record(run_store, study_name, trial.number + 1, recipe, metrics, folder, label)
+        values = objective_values(objs, metrics)
+        feasible = all(v <= 0 for v in violation)
+        _say(progress, _progress_line(trial.number, n_trials, label, metrics, feasible, t0, objs))
+        return values
+
+    remaining = n_trials - len([t for t in study.trials if t.state.is_finished()])
+    if remaining > 0:
+        callbacks = [optuna.study.MaxTrialsCallback(n_trials, states=None)]
+        study.optimize(objective, n_trials=remaining, timeout=timeout, callbacks=callbacks, catch=())
+    return _finish(study, session, objs, cons, base, out, url, t0, progress)
+
+
+def _record(
+    store: Any,
+    study: str,
+    number: int,
+    recipe: dict[str, Any],
+    metrics: dict[str, Any],
+    folder: Path,
+    label: str,
+) -> None:
+    """The trial as a run of the run store (recipe `search:<study>`), like any recipe run."""
+    from modelscale.pipeline.store import open_store
+
+    with open_store(store) as db:
+        run_id, _ = db.open_run(
+            recipe=f"search:{study}",
+            variant=f"trial-{number:04d}",
+            label=label,
+            run_dir=str(folder.resolve()),
+            config=recipe,
+            sweep={"trial": number},
+        )
+        db.start_step(run_id, 0, name="trial", kind="search", config=recipe)
+        rows = [
+            {"name": f"search.{k}", "value": float(v)}
+            for k, v in metrics.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        ]
+        early = metrics.get("rejected_before_training")
+        db.finish_step(
+            run_id,
+            0,
+            status="completed",
+            summary={"label": label, "rejected_before_training": early},
+            metrics=rows,
+            checkpoint=str(folder.resolve()) if (folder / "modelscale.json").is_file() else None,
+            seconds=metrics.get("seconds"),
+        )
+        db.finish_run(run_id, "completed")
+
+
+def _plain(value: Any) -> bool:
+    return isinstance(value, bool | int | str | list) or (isinstance(value, float) and math.isfinite(value))
+
+
+def _say(progress: bool, text: str) -> None:
+    if progress:
+        import sys
+
+        print(text, file=sys.stderr, flush=True)
+
+
+def _progress_line(
+    number: int, total: int, label: str, metrics: dict[str, Any], ok: bool, t0: float, objs: Any
+) -> str:
+    shown = ", ".join(f"{o.metric} {_cell(o.metric, metrics.get(o.metric))}" for o in objs)
+    early = " (rejected before training)" if metrics.get("rejected_before_training") else ""
+    return (
+        f"[trial {number + 1}/{total}] {label}: {shown}; {'feasible' if ok else 'infeasible'}{early}; "
+        f"{time.perf_counter() - t0:.0f} s elapsed"
+    )
+
+
+def _finish(study: Any, session: Any, objs: Any, cons: Any, base: dict[str, float], out: Path, url: str,
+            t0: float, progress: bool) -> SearchResult:  # fmt: skip
+    import yaml
+
+    from modelscale.core.io import write_json, write_text
+    from modelscale.models.loading import load_model_dir
+    from modelscale.train import evaluate
+
+    done = [t for t in study.trials if t.state.name == "COMPLETE" and "metrics" in t.user_attrs]
+    feasible = [t for t in done if all(v <= 0 for v in t.user_attrs.get("constraint_violation", []))]
+    from modelscale.analysis.pareto import pareto_front
+
+    points = [dict(t.user_attrs["metrics"]) for t in feasible]
+    front = [feasible[i] for i in pareto_front(
+        points,
+        maximize=[o.metric for o in objs if o.direction == "maximize"],
+        minimize=[o.metric for o in objs if o.direction == "minimize"],
+    )] if points else []  # fmt: skip
+    pareto = []
+    (out / "recipes").mkdir(parents=True, exist_ok=True)
+    for t in sorted(front, key=lambda t: t.number):
+        folder = out / "trials" / f"{t.number + 1:04d}"
+        test = {}
+        if (folder / "modelscale.json").is_file():  # the test split, once, for the chosen recipes only
+            model = load_model_dir(folder).model.eval()
+            test = {k: float(v) for k, v in evaluate(model, session.data.test, task=session.task).items()}
+        recipe_file = out / "recipes" / f"trial-{t.number + 1:04d}.yaml"
+        write_text(recipe_file, yaml.safe_dump(t.user_attrs["recipe"], sort_keys=False))
+        binding = [
+            str(c) for c, v in zip(cons, t.user_attrs["constraint_violation"]) if v > -0.05
+        ]  # within 5% of the bound
+        pareto.append(
+            {
+                "number": t.number + 1,
+                "label": t.user_attrs.get("label", ""),
+                "params": dict(t.params),
+                "metrics": t.user_attrs["metrics"],
+                "test": test,
+                "binding_constraints": binding,
+                "recipe_file": str(recipe_file),
+                "folder": str(folder),
+            }
+        )
+    base_test = {
+        k: float(v) for k, v in evaluate(session.model, session.data.test, task=session.task).items()
+    }
+    notes = [
+        f"baseline test accuracy {100 * base_test.get('accuracy', math.nan):.2f}% (same split as `test` below)",
+        "accuracy, loss and accuracy_drop are on the validation split; `test` is evaluated once, for the "
+        "Pareto set only",
+        "bytes are the saved model.safetensors file; zipped_bytes the same file deflated",
+    ]
+    if any(t.user_attrs.get("metrics", {}).get("latency_unstable_b1") for t in done):
+        notes.append("some latency pairs were unstable (p90 > 3× median): they were counted as no speedup")
+    result = SearchResult(
+        study=study.study_name,
+        storage=url,
+        objectives=[{"metric": o.metric, "direction": o.direction} for o in objs],
+        constraints=[str(c) for c in cons],
+        baseline=base,
+        pareto=pareto,
+        trials=len(done),
+        feasible=len(feasible),
+        seconds=time.perf_counter() - t0,
+        out_dir=str(out),
+        notes=notes,
+    )
+    write_json(out / "pareto.json", result.to_dict())
+    write_text(out / "pareto.md", result.markdown())
+    return result
