@@ -13,23 +13,7 @@ from modelscale.cli import main
 from modelscale.pipeline import load_recipe
 from modelscale.pipeline.store import open_store
 from modelscale.search import search
-
-SPACE = {
-    "stages": [
-        {"name": "prune", "optional": True,
-         "options": [{"technique": "structured_prune", "knobs": {"ratio": {"low": 0.3, "high": 0.6}}}]},
-        {"name": "tune", "finetune": {"epochs": [0, 1], "lr": 0.002}},
-        {"name": "quantize", "optional": True,
-         "options": [{"technique": "weight_only", "knobs": {"bits": [4, 8]}}, {"technique": "dynamic_int8"}]},
-    ]
-}  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("base") / "mlp"
-    assert main(["train", "mlp", "--data", "digits", "--epochs", "4", "--out", str(folder)]) == 0
-    return folder
+from tests.search.conftest import SPACE
 
 
 def test_search_finds_a_front_and_writes_runnable_recipes(trained, tmp_path):

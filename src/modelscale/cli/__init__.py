@@ -213,6 +213,12 @@ def build_parser(technique: str | None = None, *, list_techniques: bool = True) 
     )
     p.add_argument("--seed", type=int, default=0, help="sampler seed (recorded in the study)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads while timing latency")
+    p.add_argument(
+        "--heartbeat",
+        type=int,
+        default=30,
+        help="seconds between a worker's heartbeats (stale after twice that)",
+    )
     _allow_pickle(p)
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 

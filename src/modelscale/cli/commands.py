@@ -283,6 +283,7 @@ def cmd_search(args: argparse.Namespace):
         worker=args.worker,
         threads=args.threads,
         allow_pickle=args.allow_pickle,
+        heartbeat=args.heartbeat,
     )
     return result.markdown(), result.to_dict()
 

@@ -24,6 +24,8 @@ Example::
 from __future__ import annotations
 
 import math
+import os
+import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -179,13 +181,13 @@ def _sampler(n_objectives: int, constraints: Any, seed: int) -> Any:
     return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=8, **extra)
 
 
-def _storage(url: str | None, out: Path) -> Any:
+def _storage(url: str | None, out: Path, heartbeat: int = 30) -> Any:
     import inspect
 
     import optuna
 
     url = url or f"sqlite:///{(out / 'search.db').resolve()}"
-    kwargs: dict[str, Any] = {"heartbeat_interval": 30, "grace_period": 120}
+    kwargs: dict[str, Any] = {"heartbeat_interval": heartbeat, "grace_period": 2 * heartbeat}
     params = inspect.signature(optuna.storages.RDBStorage.__init__).parameters
     if "heartbeat_stale_trial_callback" in params and hasattr(
         optuna.storages, "RetryHeartbeatStaleTrialCallback"
@@ -223,6 +225,7 @@ def search(
     allow_pickle: bool = False,
     progress: bool = True,
     store_path: str | Path | None = None,
+    heartbeat: int = 30,
 ) -> SearchResult:
     """Search recipes for `model` (a saved folder or zoo name, trained) on `data`; see the module docstring.
 
@@ -245,6 +248,8 @@ def search(
     cons = parse_constraints(list(constraints))
     if isinstance(n_trials, bool) or not isinstance(n_trials, int) or not 1 <= n_trials <= MAX_TRIALS:
         raise ModelscaleError(f"n_trials must be an integer in [1, {MAX_TRIALS}], got {n_trials!r}")
+    if isinstance(heartbeat, bool) or not isinstance(heartbeat, int) or not 1 <= heartbeat <= 3600:
+        raise ModelscaleError(f"heartbeat must be an integer of seconds in [1, 3600], got {heartbeat!r}")
     if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
         raise ModelscaleError(f"timeout must be a positive number of seconds, got {timeout!r}")
     out = Path(out)
@@ -258,7 +263,7 @@ def search(
     base = baseline_metrics(session, plan.latency, plan, out / "baseline")
     plan.baseline_metrics = base
     check_feasible(cons, base)
-    store, url = _storage(storage, out)
+    store, url = _storage(storage, out, heartbeat)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     existing = [s.study_name for s in optuna.get_all_study_summaries(store)]
     if study_name in existing and not (resume or worker):
@@ -288,6 +293,10 @@ def search(
     baseline_dir = str((out / "baseline").resolve())
 
     def objective(trial: Any) -> list[float]:
+        if _completed(study) >= n_trials:  # another worker finished the budget meanwhile
+            study.stop()
+            raise optuna.TrialPruned("the study already holds its trials")
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         steps = sample_steps(trial, space)
         folder = out / "trials" / f"{trial.number + 1:04d}"
         label = _label(steps)
@@ -319,10 +328,12 @@ def search(
         _say(progress, _progress_line(trial.number, n_trials, label, metrics, feasible, t0, objs))
         return values
 
-    remaining = n_trials - len([t for t in study.trials if t.state.is_finished()])
-    if remaining > 0:
-        callbacks = [optuna.study.MaxTrialsCallback(n_trials, states=None)]
-        study.optimize(objective, n_trials=remaining, timeout=timeout, callbacks=callbacks, catch=())
+    def enough(study: Any, _trial: Any) -> None:
+        if _completed(study) >= n_trials:
+            study.stop()
+
+    if _completed(study) < n_trials:  # counts completed trials of every worker; a killed one's is retried
+        study.optimize(objective, n_trials=None, timeout=timeout, callbacks=[enough], catch=())
     return _finish(study, session, objs, cons, base, out, url, t0, progress)
 
 
@@ -364,6 +375,12 @@ def _record(
             seconds=metrics.get("seconds"),
         )
         db.finish_run(run_id, "completed")
+
+
+def _completed(study: Any) -> int:
+    import optuna
+
+    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
 
 
 def _plain(value: Any) -> bool:
