@@ -175,6 +175,13 @@ def build_parser(technique: str | None = None, *, list_techniques: bool = True) 
     p.add_argument(
         "--gpu-sizes", action="store_true", help="also train the sweep's gpu_widths (for GPU machines)"
     )
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="share the sweep's points through an Optuna study (sqlite:///… or postgresql://…)",
+    )
+    p.add_argument("--worker", action="store_true", help="join the shared sweep another process started")
+    p.add_argument("--heartbeat", type=int, default=30, help="seconds between a worker's heartbeats")
     _allow_pickle(p, "the weights the study's model_options name")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 

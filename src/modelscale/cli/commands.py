@@ -259,6 +259,9 @@ def cmd_scale(args: argparse.Namespace):
         jobs=args.jobs,
         gpu_sizes=args.gpu_sizes,
         allow_pickle=args.allow_pickle,
+        storage=args.storage,
+        worker=args.worker,
+        heartbeat=args.heartbeat,
     )
 
 

@@ -244,20 +244,43 @@ def run_study(
     plots: bool = True,
     progress: bool = True,
     allow_pickle: bool = False,
+    storage: str | None = None,
+    worker: bool = False,
+    heartbeat: int = 30,
 ) -> tuple[str, dict[str, Any]]:
-    """One sweep + fits + summary.md, study.json and figures under `out`; returns (Markdown, data)."""
+    """One sweep + fits + summary.md, study.json and figures under `out`; returns (Markdown, data).
+
+    With `storage` (an Optuna RDB URL) the points are shared with other workers (`scaling.workers`)."""
     from modelscale.core.io import write_json, write_text
 
     out = Path(out)
-    result = run_sweep(
-        config,
-        store=store,
-        out_dir=out,
-        progress=progress,
-        jobs=jobs,
-        gpu_sizes=gpu_sizes,
-        allow_pickle=allow_pickle,
-    )
+    if storage is not None:
+        from modelscale.scaling.workers import run_sweep_workers
+
+        cfg = SweepConfig.from_dict(config) if isinstance(config, dict) else config
+        result = run_sweep_workers(
+            cfg,
+            storage=storage,
+            out_dir=out,
+            store=store,
+            worker=worker,
+            gpu_sizes=gpu_sizes,
+            progress=progress,
+            allow_pickle=allow_pickle,
+            heartbeat=heartbeat,
+        )
+    elif worker:
+        raise ModelscaleError("--worker joins a shared sweep: give its --storage URL too")
+    else:
+        result = run_sweep(
+            config,
+            store=store,
+            out_dir=out,
+            progress=progress,
+            jobs=jobs,
+            gpu_sizes=gpu_sizes,
+            allow_pickle=allow_pickle,
+        )
     rows = aggregate(result)
     fits, skipped = fit_study(rows, n_boot=result.config.n_boot)
     if "joint" in fits and rows and rows[0]["metric"] != "bits_per_byte":
@@ -327,6 +350,9 @@ def scale_command(
     plots: bool = True,
     progress: bool = True,
     allow_pickle: bool = False,
+    storage: str | None = None,
+    worker: bool = False,
+    heartbeat: int = 30,
 ) -> tuple[str, dict[str, Any]]:
     """`modelscale scale study.yaml [--out DIR] [--jobs N] [--gpu-sizes]`: sweep(s), laws, summary, JSON.
 
@@ -346,6 +372,9 @@ def scale_command(
             plots=plots,
             progress=progress,
             allow_pickle=allow_pickle,
+            storage=storage,
+            worker=worker,
+            heartbeat=heartbeat,
         )
         texts.append(text)
         studies.append(data)
