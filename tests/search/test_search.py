@@ -35,6 +35,12 @@ def test_search_finds_a_front_and_writes_runnable_recipes(trained, tmp_path):
     assert min(p["metrics"]["bytes"] for p in result.pareto) < base_bytes
     saved = json.loads((out / "pareto.json").read_text())
     assert saved["trials"] == 6 and len(saved["pareto"]) == len(result.pareto)
+    from modelscale.report.search_report import search_report
+
+    md, html = search_report(result)
+    page = html.read_text()
+    assert "Pareto set" in page and "data:image/png;base64," in page and 'src="http' not in page
+    assert all(Path(p["recipe_file"]).name in md.read_text() for p in result.pareto)
     with open_store(out / "modelscale.db") as db:  # every trial is a run in the run store
         runs = [r for r in db.runs() if r["recipe"] == "search:search"]
     assert len(runs) == 6

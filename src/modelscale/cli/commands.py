@@ -288,7 +288,10 @@ def cmd_search(args: argparse.Namespace):
         allow_pickle=args.allow_pickle,
         heartbeat=args.heartbeat,
     )
-    return result.markdown(), result.to_dict()
+    from modelscale.report.search_report import search_report
+
+    md, html = search_report(result)
+    return result.markdown() + f"\nreport: {md}, {html}", {**result.to_dict(), "report": [str(md), str(html)]}
 
 
 def cmd_fit_law(args: argparse.Namespace):

@@ -91,7 +91,12 @@ def _log_if_wide(ax: Any, values: list[float], axis: str = "x") -> None:
 
 
 def pareto_plot(
-    points: list[dict[str, Any]], panels: list[tuple[str, str, float]], title: str, path: str | Path
+    points: list[dict[str, Any]],
+    panels: list[tuple[str, str, float]],
+    title: str,
+    path: str | Path,
+    *,
+    ylabel: str = "test accuracy (%)",
 ) -> Path:
     """Accuracy (%) against each panel's x (`key`, axis label, scale); front: max accuracy, min x.
 
@@ -133,7 +138,7 @@ def pareto_plot(
             if ax.get_xscale() != "log":
                 _human_axis(ax, "x")
             ax.set_xlabel(xlabel + ("  (log scale)" if ax.get_xscale() == "log" else ""))
-            ax.set_ylabel("test accuracy (%)")
+            ax.set_ylabel(ylabel)
             ax.set_title(f"Accuracy vs {xlabel.split(' (')[0]}")
             ax.margins(x=0.3, y=0.2)
             labelled = [(points[i][key] * scale, 100 * points[i]["accuracy"], tags[i]) for i in usable]

@@ -58,6 +58,7 @@ class SearchResult:
     seconds: float
     out_dir: str
     notes: list[str] = field(default_factory=list)
+    points: list[dict[str, Any]] = field(default_factory=list)  # every completed trial, for plots
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -167,7 +168,7 @@ def _keyed_constraints() -> bool:
     return hasattr(optuna.trial.Trial, "set_constraint")
 
 
-def _sampler(n_objectives: int, constraints: Any, seed: int) -> Any:
+def _sampler(n_objectives: int, constraints: Any, seed: int, kind: str = "auto") -> Any:
     import optuna
 
     def constraints_func(trial: Any) -> list[float]:
@@ -176,6 +177,8 @@ def _sampler(n_objectives: int, constraints: Any, seed: int) -> Any:
     extra: dict[str, Any] = {}
     if constraints and not _keyed_constraints():
         extra["constraints_func"] = constraints_func
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
     if n_objectives >= 3:
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=20, **extra)
     return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=8, **extra)
@@ -226,12 +229,17 @@ def search(
     progress: bool = True,
     store_path: str | Path | None = None,
     heartbeat: int = 30,
+    sampler: str = "auto",
+    warm_start: bool = True,
+    enqueue: list[dict[str, Any]] | None = None,
 ) -> SearchResult:
     """Search recipes for `model` (a saved folder or zoo name, trained) on `data`; see the module docstring.
 
     `resume`: continue the study stored under `out`/`storage` (default: refuse an existing one).
     `worker`: join an existing study (created by another process) and run trials until the study holds
-    `n_trials` in all.
+    `n_trials` in all. `sampler`: "auto" (TPE, or NSGA-II for 3+ objectives) or "random" (the baseline
+    the benchmark compares with); `warm_start`: enqueue the corner trials first; `enqueue`: more first
+    trials, as Optuna parameter dicts (e.g. a grid, or recipes known to work).
     """
     import warnings
 
@@ -248,6 +256,8 @@ def search(
     cons = parse_constraints(list(constraints))
     if isinstance(n_trials, bool) or not isinstance(n_trials, int) or not 1 <= n_trials <= MAX_TRIALS:
         raise ModelscaleError(f"n_trials must be an integer in [1, {MAX_TRIALS}], got {n_trials!r}")
+    if sampler not in ("auto", "random"):
+        raise ModelscaleError(f"sampler must be auto or random, got {sampler!r}")
     if isinstance(heartbeat, bool) or not isinstance(heartbeat, int) or not 1 <= heartbeat <= 3600:
         raise ModelscaleError(f"heartbeat must be an integer of seconds in [1, 3600], got {heartbeat!r}")
     if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
@@ -276,7 +286,7 @@ def search(
         storage=store,
         study_name=study_name,
         directions=[o.direction for o in objs],
-        sampler=_sampler(len(objs), cons, seed),
+        sampler=_sampler(len(objs), cons, seed, sampler),
         load_if_exists=True,
     )
     if study_name not in existing:
@@ -285,7 +295,7 @@ def search(
         study.set_user_attr("objectives", [o.metric for o in objs])
         study.set_user_attr("constraints", [str(c) for c in cons])
         study.set_user_attr("baseline", base)
-        for params in warm_starts(space):
+        for params in [*(enqueue or []), *(warm_starts(space) if warm_start else [])]:
             study.enqueue_trial(params, skip_if_exists=True)
     t0 = time.perf_counter()
     spec_data = {"source": session.data.name, "seed": seed}
@@ -459,6 +469,16 @@ def _finish(study: Any, session: Any, objs: Any, cons: Any, base: dict[str, floa
     ]
     if any(t.user_attrs.get("metrics", {}).get("latency_unstable_b1") for t in done):
         notes.append("some latency pairs were unstable (p90 > 3× median): they were counted as no speedup")
+    every = [
+        {
+            "number": t.number + 1,
+            "label": t.user_attrs.get("label", ""),
+            "feasible": t in feasible,
+            **{k: t.user_attrs["metrics"].get(k) for k in ("accuracy", "bytes", "zipped_bytes", "latency_p50_b1",
+                                                            "speedup_b1", "accuracy_drop")},
+        }
+        for t in done
+    ]  # fmt: skip
     result = SearchResult(
         study=study.study_name,
         storage=url,
@@ -471,6 +491,7 @@ def _finish(study: Any, session: Any, objs: Any, cons: Any, base: dict[str, floa
         seconds=time.perf_counter() - t0,
         out_dir=str(out),
         notes=notes,
+        points=every,
     )
     write_json(out / "pareto.json", result.to_dict())
     write_text(out / "pareto.md", result.markdown())
