@@ -39,7 +39,7 @@ from modelscale.search.objectives import (
     parse_constraints,
     parse_objectives,
 )
-from modelscale.search.space import NONE, SearchSpace, default_space, parse_space
+from modelscale.search.space import NONE, Knob, SearchSpace, default_space, parse_space
 from modelscale.search.trial import TrialPlan, baseline_metrics, recipe_of, run_trial, sample_steps
 
 MAX_TRIALS = 100_000
@@ -123,7 +123,9 @@ def _label(steps: list[Any]) -> str:
 
 
 def warm_starts(space: SearchSpace) -> list[dict[str, Any]]:
-    """First trials: each quantizer alone, then the most compressed corner of every stage."""
+    """First trials, all derived from the space: each quantizer alone; each option of the first optional
+    technique stage at the middle of its knobs, with the longest fine-tune, followed by each quantizer;
+    then the most compressed corner of every stage."""
     quantize = [s for s in space.stages if not s.trains and s.optional]
     starts: list[dict[str, Any]] = []
 
@@ -148,6 +150,26 @@ def warm_starts(space: SearchSpace) -> list[dict[str, Any]]:
             for k in option.knobs:
                 p[f"{last.name}.{option.technique}.{k.name}"] = k.choices[0] if k.choices else k.high
             starts.append(p)
+    first = next((s for s in space.stages if not s.trains and s.optional and s is not last), None)
+    tune = next((s for s in space.stages if s.trains), None)
+    if (
+        first is not None and last is not None
+    ):  # each compressor at mid-strength, fully tuned, then each quantizer
+        for option, quant in ((o, q) for o in first.options for q in last.options):
+            p = nothing()
+            p[f"{first.name}.technique"] = option.technique
+            for k in option.knobs:
+                p[f"{first.name}.{option.technique}.{k.name}"] = _middle(k)
+            if tune is not None:
+                p[f"{tune.name}.epochs"] = (
+                    tune.epochs.choices[-1] if tune.epochs.choices else tune.epochs.high
+                )
+                if isinstance(tune.lr, Knob):
+                    p[f"{tune.name}.lr"] = _middle(tune.lr)
+            p[f"{last.name}.technique"] = quant.technique
+            for k in quant.knobs:
+                p[f"{last.name}.{quant.technique}.{k.name}"] = k.choices[0] if k.choices else k.high
+            starts.append(p)
     corner = nothing()
     for s in space.stages:
         if s.trains:
@@ -159,6 +181,16 @@ def warm_starts(space: SearchSpace) -> list[dict[str, Any]]:
                 corner[f"{s.name}.{option.technique}.{k.name}"] = k.choices[-1] if k.choices else k.high
     starts.append(corner)
     return starts
+
+
+def _middle(knob: Knob) -> Any:
+    if knob.choices:
+        return knob.choices[len(knob.choices) // 2]
+    if knob.log:
+        mid = math.sqrt(knob.low * knob.high)
+    else:
+        mid = (knob.low + knob.high) / 2
+    return int(round(mid)) if knob.is_int else mid
 
 
 def _keyed_constraints() -> bool:
