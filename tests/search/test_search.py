@@ -33,6 +33,8 @@ def test_search_finds_a_front_and_writes_runnable_recipes(trained, tmp_path):
         plan = load_recipe(recipe)  # `modelscale run` accepts it
         assert plan.variants[0].model.load
     assert min(p["metrics"]["bytes"] for p in result.pareto) < base_bytes
+    chosen = min(result.pareto, key=lambda p: p["metrics"]["bytes"])  # re-run on 3 training seeds
+    assert len(chosen["seeds"]["test_accuracy"]) == 3 and chosen["seeds"]["sd"] >= 0
     saved = json.loads((out / "pareto.json").read_text())
     assert saved["trials"] == 6 and len(saved["pareto"]) == len(result.pareto)
     from modelscale.report.search_report import search_report

@@ -264,6 +264,7 @@ def search(
     sampler: str = "auto",
     warm_start: bool = True,
     enqueue: list[dict[str, Any]] | None = None,
+    confirm_seeds: int = 3,
 ) -> SearchResult:
     """Search recipes for `model` (a saved folder or zoo name, trained) on `data`; see the module docstring.
 
@@ -271,7 +272,8 @@ def search(
     `worker`: join an existing study (created by another process) and run trials until the study holds
     `n_trials` in all. `sampler`: "auto" (TPE, or NSGA-II for 3+ objectives) or "random" (the baseline
     the benchmark compares with); `warm_start`: enqueue the corner trials first; `enqueue`: more first
-    trials, as Optuna parameter dicts (e.g. a grid, or recipes known to work).
+    trials, as Optuna parameter dicts (e.g. a grid, or recipes known to work); `confirm_seeds`: re-run the
+    smallest Pareto point with that many training seeds and report its test accuracy mean ± sd (0: no).
     """
     import warnings
 
@@ -376,7 +378,7 @@ def search(
 
     if _completed(study) < n_trials:  # counts completed trials of every worker; a killed one's is retried
         study.optimize(objective, n_trials=None, timeout=timeout, callbacks=[enough], catch=())
-    return _finish(study, session, objs, cons, base, out, url, t0, progress)
+    return _finish(study, session, objs, cons, base, out, url, t0, progress, confirm_seeds)
 
 
 def _record(
@@ -419,6 +421,43 @@ def _record(
         db.finish_run(run_id, "completed")
 
 
+def confirm(session: Any, point: dict[str, Any], seeds: int, out: Path) -> dict[str, Any]:
+    """Re-run a Pareto point's recipe with `seeds` training seeds (0, 1, ...): test accuracy mean ± sd."""
+    import dataclasses
+    import statistics
+
+    import yaml
+
+    from modelscale.models.loading import load_model_dir
+    from modelscale.pipeline import load_recipe
+    from modelscale.search.trial import TrialPlan, run_trial
+    from modelscale.train import evaluate
+
+    recipe = load_recipe(yaml.safe_load(Path(point["recipe_file"]).read_text())).variants[0]
+    values = []
+    for seed in range(seeds):
+        steps = []
+        for step in recipe.steps:
+            if step.kind == "finetune":
+                step = dataclasses.replace(step, config=dataclasses.replace(step.config, seed=seed))
+            elif step.kind == "distill":
+                cfg = dataclasses.replace(
+                    step.config, train=dataclasses.replace(step.config.train, seed=seed)
+                )
+                step = dataclasses.replace(step, config=cfg)
+            steps.append(step)
+        folder = out / "confirm" / f"trial-{point['number']:04d}-seed{seed}"
+        run_trial(session, steps, folder, TrialPlan(session._cache["baseline_metrics"], (), False))
+        model = load_model_dir(folder).model.eval()
+        values.append(float(evaluate(model, session.data.test, task=session.task)["accuracy"]))
+    return {
+        "seeds": list(range(seeds)),
+        "test_accuracy": values,
+        "mean": statistics.fmean(values),
+        "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+    }
+
+
 def _completed(study: Any) -> int:
     import optuna
 
@@ -448,7 +487,7 @@ def _progress_line(
 
 
 def _finish(study: Any, session: Any, objs: Any, cons: Any, base: dict[str, float], out: Path, url: str,
-            t0: float, progress: bool) -> SearchResult:  # fmt: skip
+            t0: float, progress: bool, confirm_seeds: int = 3) -> SearchResult:  # fmt: skip
     import yaml
 
     from modelscale.core.io import write_json, write_text
@@ -511,6 +550,13 @@ def _finish(study: Any, session: Any, objs: Any, cons: Any, base: dict[str, floa
         }
         for t in done
     ]  # fmt: skip
+    if pareto and confirm_seeds > 1:
+        chosen = min(pareto, key=lambda p: p["metrics"]["bytes"])
+        chosen["seeds"] = confirm(session, chosen, confirm_seeds, out)
+        notes.append(
+            f"trial {chosen['number']} (the smallest on the front) re-run with {confirm_seeds} training seeds: "
+            f"test accuracy {100 * chosen['seeds']['mean']:.2f} ± {100 * chosen['seeds']['sd']:.2f}% (mean ± sd)"
+        )
     result = SearchResult(
         study=study.study_name,
         storage=url,
