@@ -303,9 +303,30 @@ class _Variant:
                 self.db.finish_run(run_id, "failed", result.error)
                 return result
             bundle = outcome[1]
+        self.record_views()
         result.status = "completed"
         self.db.finish_run(run_id, "completed")
         return result
+
+    def record_views(self) -> None:
+        """Weights, feature maps, agreement and CKA of the final model against the baseline, measured
+        once and saved with the final step (the report renders them; it never reloads models)."""
+        from modelscale.measure.model_views import VIEWS_JSON, record_views
+        from modelscale.models.loading import load_model_dir
+
+        final = next((s for s in reversed(self.steps) if s.kind != "export"), None)
+        if final is None or final.index == 0:
+            return
+        folder = self.vdir / final.folder
+        if (folder / VIEWS_JSON).is_file():
+            return  # recorded by an earlier, resumed run
+        try:
+            base = load_model_dir(self.vdir / self.steps[0].folder).model
+            record_views(base, load_model_dir(folder).model, self.data(), folder)
+        except Exception as exc:  # noqa: BLE001 - views are a report's extra: a failure is a note, not a failed run
+            self.say(
+                f"{self.recipe.name}/{self.recipe.variant.label}: model views not recorded: {_first_line(exc)}"
+            )
 
     def reconcile(self, run_id: str, step: Step, marker: dict[str, Any], row: dict[str, Any] | None) -> None:
         """The marker exists but the store missed the update (crash in between, or a new store)."""

@@ -1,85 +1,60 @@
-"""Report sections that load the saved step models: weight histograms, first-conv activation maps,
-and agreement / CKA with the original model on each run's test split.
+"""Report sections from the model views the runner recorded with each variant's final step
+(`measure.model_views.record_views`: weight histograms, first-conv activation maps, agreement and CKA
+with the original model on the test split). Nothing here loads a model or data: the report renders
+what measurement produced.
 
 Example::
 
-    pairs = model_pairs(doc, runs)        # (run, baseline bundle, final bundle), at most MAX_MODEL_RUNS
+    pairs = model_pairs(doc, runs)        # (run, views) for runs whose final step has views
     weights(doc, pairs); activations(doc, pairs); similarity_section(doc, pairs)
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from modelscale.report.run_data import RunView
 from modelscale.report.sections import Doc
 from modelscale.report.tables import DASH, human, percent
 
-MAX_MODEL_RUNS = 6  # runs whose models are loaded for weights, activations and CKA
 
-
-def load_data(doc: Doc, run: RunView) -> Any:
-    from modelscale.engine.specs import DataSection
-
-    key = json.dumps(run.config.get("data", {}), sort_keys=True)
-    if key not in doc.data:
-        try:
-            doc.data[key] = DataSection.from_dict(run.config.get("data", {})).load()
-        except Exception as exc:  # noqa: BLE001 - data moved or missing: the model sections are skipped
-            doc.note(f"{run.label}: cannot load its data ({exc}); agreement, CKA and activation maps skipped")
-            doc.data[key] = None
-    return doc.data[key]
-
-
-def model_pairs(doc: Doc, runs: list[RunView]) -> list[tuple[RunView, Any, Any]]:
-    from modelscale.report.model_views import load_step_model
+def model_pairs(doc: Doc, runs: list[RunView]) -> list[tuple[RunView, dict[str, Any]]]:
+    from modelscale.measure.model_views import load_views
 
     pairs = []
     for r in runs:
         base, final = r.baseline, r.final
         if base is None or final is None or final is base:
             continue
-        if len(pairs) == MAX_MODEL_RUNS:
+        views = load_views(final.folder) if final.folder is not None else None
+        if views is None:
             doc.note(
-                f"models of {r.label} and later runs not loaded (at most {MAX_MODEL_RUNS} runs per report)"
+                f"{r.label}: no model views recorded with its final step (runs before modelscale recorded them, "
+                "or the step folder was removed); weights, activations and CKA not shown"
             )
-            break
-        if base.folder is None or final.folder is None:
-            doc.note(f"{r.label}: checkpoint folders missing; weights, activations and CKA skipped")
             continue
-        try:
-            pairs.append(
-                (r, load_step_model(base.folder, doc.models), load_step_model(final.folder, doc.models))
-            )
-        except Exception as exc:  # noqa: BLE001 - a model that no longer loads is a note, not a lost report
-            doc.note(f"{r.label}: cannot load its saved models ({exc}); weights, activations and CKA skipped")
+        for n in views.get("notes", []):
+            doc.note(f"{r.label}: {n}")
+        pairs.append((r, views))
     return pairs
 
 
-def weights(doc: Doc, pairs: list[tuple[RunView, Any, Any]]) -> None:
-    import numpy as np
-
+def weights(doc: Doc, pairs: list[tuple[RunView, dict[str, Any]]]) -> None:
     from modelscale.report import plots
-    from modelscale.report.model_views import layer_weights, pooled, weight_stats
 
     doc.add("h2", "Weights before and after")
     if not pairs:
-        doc.add("p", "No run has both a baseline and a later step model on disk.")
+        doc.add("p", "No run has both a baseline and a later step with recorded model views.")
         return
     panels, rows = [], []
-    rng = np.random.default_rng(0)
-    for r, base, final in pairs:
-        values = {}
-        for which, bundle, step in (("baseline", base, r.baseline), ("final", final, r.final)):
-            weights = layer_weights(bundle.model)
-            v = pooled(weights)
-            st = weight_stats(v)
-            values[which] = v if v.size <= 2_000_000 else rng.choice(v, 2_000_000, replace=False)
+    for r, views in pairs:
+        w = views["weights"]
+        for which, step in (("baseline", r.baseline), ("final", r.final)):
+            st = w[which]["stats"]
             rows.append(
                 [
                     f"{r.label}: {which} ({step.idx}-{step.name})",
-                    str(len(weights)),
+                    str(w[which]["tensors"]),
                     human(st["count"]),
                     percent(st["zeros"]),
                     f"{st['mean_abs']:.4g}",
@@ -87,14 +62,7 @@ def weights(doc: Doc, pairs: list[tuple[RunView, Any, Any]]) -> None:
                     human(st["distinct"]),
                 ]
             )
-        panels.append(
-            {
-                "label": r.label,
-                "base": values["baseline"],
-                "final": values["final"],
-                "final_step": f"final: {r.final.name}",
-            }
-        )
+        panels.append({"label": r.label, "histograms": w, "final_step": f"final: {r.final.name}"})
     headers = ["Model", "Weight tensors", "Weights", "Exact zeros", "Mean |w|", "Std", "Distinct values"]
     doc.add("table", headers, rows)
     doc.add(
@@ -111,21 +79,13 @@ def weights(doc: Doc, pairs: list[tuple[RunView, Any, Any]]) -> None:
     )
 
 
-def activations(doc: Doc, pairs: list[tuple[RunView, Any, Any]]) -> None:
+def activations(doc: Doc, pairs: list[tuple[RunView, dict[str, Any]]]) -> None:
     from modelscale.report import plots
-    from modelscale.report.model_views import first_conv_maps, is_image_cnn, pick_examples
 
     shown = False
-    for r, base, final in pairs:
-        data = load_data(doc, r)
-        if data is None or not is_image_cnn(base.model, data):
-            continue
-        inputs, labels = pick_examples(data.test, 3)
-        maps = first_conv_maps(base.model, final.model, inputs)
-        if maps is None:
-            doc.note(
-                f"{r.label}: the first convolution is not present by name in the final model; no activation maps"
-            )
+    for r, views in pairs:
+        maps = views.get("activations")
+        if not maps or "base" not in maps:
             continue
         if maps["base"].shape[1] != maps["other"].shape[1]:
             doc.note(
@@ -147,29 +107,23 @@ def activations(doc: Doc, pairs: list[tuple[RunView, Any, Any]]) -> None:
             f"activations_{r.id}.png",
             f"{r.label}: first-convolution feature maps, original vs compressed ({r.final.idx}-{r.final.name}).",
             maps,
-            labels,
+            maps["labels"],
             f"{r.label}: first-conv feature maps, original vs compressed",
         )
 
 
 def similarity_section(doc: Doc, pairs: list[tuple[RunView, Any, Any]]) -> None:
     from modelscale.report import plots
-    from modelscale.report.model_views import similarity
 
     doc.add("h2", "Agreement and CKA with the original model")
-    results = {}
-    for r, base, final in pairs:
-        data = load_data(doc, r)
-        if data is None:
-            continue
-        results[r.label] = (r, similarity(base.model, final.model, data))
+    results = {r.label: (r, views["similarity"]) for r, views in pairs if views.get("similarity")}
     if not results:
         doc.add("p", "No run with both models and its data available.")
         return
     blocks: list[str] = []
     for _, res in results.values():
         blocks += [b for b in res["blocks"] if b not in blocks]
-        for n in res["notes"]:
+        for n in res.get("notes", []):
             doc.note(n)
     rows = [
         [

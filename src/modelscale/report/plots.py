@@ -358,30 +358,24 @@ def layer_plot(
 
 
 def weights_plot(panels: list[dict[str, Any]], path: str | Path) -> Path:
-    """Histogram of every weight of the baseline vs the final model, one panel per run (log counts)."""
+    """Histogram of every weight of the baseline vs the final model, one panel per run (log counts).
+
+    Each panel holds the histograms the runner recorded (`measure.model_views.weight_histograms`)."""
     with _mpl().rc_context(STYLE):
         ncols = min(3, len(panels))
         nrows = -(-len(panels) // ncols)
         fig, axes = _figure(4.6 * ncols, 3.6 * nrows, nrows, ncols)
         for ax, panel in zip(axes.flat, panels):
-            base, final = panel["base"], panel["final"]
-            both = np.concatenate([base, final]) if base.size + final.size else np.zeros(1)
-            lo, hi = np.percentile(both, [0.05, 99.95]) if both.size > 1 else (-1.0, 1.0)
-            bins = np.linspace(lo, hi, 81) if hi > lo else 81
-            zb = 100 * float((base == 0).mean()) if base.size else 0.0
-            zf = 100 * float((final == 0).mean()) if final.size else 0.0
-            ax.hist(base, bins=bins, color="0.55", alpha=0.6, label=f"baseline ({zb:.1f}% zeros)")
-            ax.hist(
-                final,
-                bins=bins,
-                histtype="step",
-                lw=1.4,
-                color="tab:red",
-                label=f"{panel['final_step']} ({zf:.1f}% zeros)",
-            )
+            hist = panel["histograms"]
+            edges = np.asarray(hist["edges"])
+            base, final = np.asarray(hist["baseline"]["counts"]), np.asarray(hist["final"]["counts"])
+            zb = 100 * hist["baseline"]["stats"]["zeros"]
+            zf = 100 * hist["final"]["stats"]["zeros"]
+            ax.stairs(base, edges, fill=True, color="0.55", alpha=0.6, label=f"baseline ({zb:.1f}% zeros)")
+            ax.stairs(final, edges, lw=1.4, color="tab:red", label=f"{panel['final_step']} ({zf:.1f}% zeros)")
             ax.set_yscale("log")
             low, high = ax.get_ylim()
-            ax.set_ylim(low, high * 60)  # headroom for the legend above the bars
+            ax.set_ylim(max(low, 0.5), high * 60)  # headroom for the legend above the bars
             ax.set_xlabel("weight value")
             ax.set_ylabel("count (log scale)")
             ax.set_title(panel["label"])

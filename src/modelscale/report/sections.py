@@ -265,7 +265,7 @@ def speedups(doc: Doc, runs: list[RunView]) -> None:
 
 
 def _layer_groups(runs: list[RunView], doc: Doc) -> dict[tuple[str, str], dict[str, list[dict[str, Any]]]]:
-    from modelscale.report.model_views import derived_fields, step_record
+    from modelscale.report.record_views import derived_fields, step_record
 
     groups: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = {}
     for r in runs:
@@ -298,7 +298,7 @@ def _fmt_field(key: str, value: Any) -> str:
 
 def layers(doc: Doc, runs: list[RunView]) -> None:
     from modelscale.report import plots
-    from modelscale.report.model_views import numeric_keys
+    from modelscale.report.record_views import numeric_keys
 
     doc.add("h2", "Per-layer changes")
     groups = _layer_groups(runs, doc)

@@ -1,9 +1,8 @@
-"""Looks inside saved step models for a report: per-layer records, weights, feature maps, CKA.
+"""Looks inside two models — the original and a compressed one — for the report: weights, feature
+maps, agreement and CKA. Pure measurement: plain numbers and arrays out, nothing changes the models.
+The recipe runner calls `record_views` once per variant and saves the result with the final step
+(`views.json` + `views.npz`); the report only renders what was recorded.
 
-Everything here reads the checkpoint folders the runner wrote (`modelscale.models.loading.load_model_dir`)
-and returns plain numbers and arrays; plotting lives in `plots.py`. Nothing changes the models.
-
-- `step_record(folder, technique)`: the ChangeRecord a technique step added (its `layers` rows).
 - `layer_weights(model)`: every weight matrix / kernel as used in forward (masks, quantization and
   low-rank factors folded in through the module's `weight`, LoRA updates added), by layer.
 - `first_conv_maps(base, other, inputs)`: the first Conv2d's output maps of both models.
@@ -11,8 +10,8 @@ and returns plain numbers and arrays; plotting lives in `plots.py`. Nothing chan
 
 Example::
 
-    base = cached_model(run.baseline.folder).model
-    print(similarity(base, cached_model(run.final.folder).model, data))
+    views = record_views(base_model, final_model, data, folder)   # writes folder/views.json + views.npz
+    print(views["similarity"]["agreement"])
 """
 
 from __future__ import annotations
@@ -25,49 +24,8 @@ import torch
 from torch import nn
 
 SKIP_BLOCKS = (nn.Identity, nn.Dropout, nn.ReLU, nn.GELU, nn.Flatten)
-NUMERIC_SKIP = {"numel"}
-
-
-def load_step_model(folder: Path, cache: dict[str, Any]) -> Any:
-    """The ModelBundle saved in `folder`, loaded once per report."""
-    from modelscale.models.loading import load_model_dir
-
-    key = str(Path(folder).resolve())
-    if key not in cache:
-        bundle = load_model_dir(folder)
-        bundle.model.eval()
-        cache[key] = bundle
-    return cache[key]
-
-
-def step_record(folder: Path, technique: str) -> dict[str, Any] | None:
-    """The last record of `technique` in the step's manifest: the one this step added."""
-    from modelscale.core.saving import read_manifest
-
-    records = read_manifest(folder).get("records", [])
-    return next((r for r in reversed(records) if r.get("technique") == technique), None)
-
-
-def numeric_keys(layers: list[dict[str, Any]]) -> list[str]:
-    """The numeric fields present in a record's layer rows, in first-seen order."""
-    keys: list[str] = []
-    for row in layers:
-        for k, v in row.items():
-            if k in NUMERIC_SKIP or k in keys or isinstance(v, bool):
-                continue
-            if isinstance(v, int | float):
-                keys.append(k)
-    return keys
-
-
-def derived_fields(row: dict[str, Any]) -> dict[str, float]:
-    """Numbers worth plotting that a record implies but does not hold (rank share, byte ratio)."""
-    out: dict[str, float] = {}
-    if isinstance(row.get("rank"), int | float) and row.get("full_rank"):
-        out["rank_fraction"] = row["rank"] / row["full_rank"]
-    if row.get("bytes") and isinstance(row.get("float_bytes"), int | float):
-        out["compression"] = row["float_bytes"] / row["bytes"]
-    return out
+VIEWS_JSON, VIEWS_NPZ = "views.json", "views.npz"
+HIST_BINS = 80
 
 
 def layer_weights(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -237,11 +195,12 @@ def similarity(
 ) -> dict[str, Any]:
     """Agreement with `base` on the test split, CKA of outputs and of each comparable block (one pass
     per model for all blocks; CKA over the first `examples` test examples)."""
-    from modelscale.data import make_loader
+    from torch.utils.data import DataLoader
+
     from modelscale.measure.similarity import linear_cka, paired_pass
 
     batch = 64 if data.task == "lm" else 256
-    loader = make_loader(data.test, batch_size=batch, shuffle=False)
+    loader = DataLoader(data.test, batch_size=batch, shuffle=False)
     limit = max_batches if data.task == "lm" else None
     paired = paired_pass(base, other, loader, task=data.task, max_batches=limit, cka_examples=examples)
     names = comparable_blocks(base, other, blocks)
@@ -273,3 +232,62 @@ def similarity(
         "blocks": per_block,
         "notes": notes,
     }
+
+
+def weight_histograms(base: nn.Module, final: nn.Module, *, bins: int = HIST_BINS) -> dict[str, Any]:
+    """Both models' pooled weights on common bins (0.05-99.95 percentile range), with their stats."""
+    values = {"baseline": pooled(layer_weights(base)), "final": pooled(layer_weights(final))}
+    both = np.concatenate(list(values.values()))
+    lo, hi = np.percentile(both, [0.05, 99.95]) if both.size > 1 else (-1.0, 1.0)
+    if not hi > lo:
+        lo, hi = float(lo) - 1.0, float(hi) + 1.0
+    edges = np.linspace(lo, hi, bins + 1)
+    out: dict[str, Any] = {"edges": edges.tolist()}
+    for which, v in values.items():
+        counts, _ = np.histogram(v, bins=edges)  # the 0.1% outside the range are left out, as shown
+        out[which] = {
+            "counts": counts.tolist(),
+            "stats": weight_stats(v),
+            "tensors": len(layer_weights(base if which == "baseline" else final)),
+        }
+    return out
+
+
+def record_views(base: nn.Module, final: nn.Module, data: Any, folder: Any) -> dict[str, Any]:
+    """Measure the views of `final` against `base` on `data`'s test split; save them into `folder`."""
+    import json
+
+    folder = Path(folder)
+    base, final = base.eval(), final.eval()
+    views: dict[str, Any] = {"weights": weight_histograms(base, final), "notes": []}
+    arrays: dict[str, np.ndarray] = {}
+    if data is not None:
+        views["similarity"] = similarity(base, final, data)
+        if is_image_cnn(base, data):
+            inputs, labels = pick_examples(data.test, 3)
+            maps = first_conv_maps(base, final, inputs)
+            if maps is None:
+                views["notes"].append("the first convolution is not present by name in the final model")
+            else:
+                views["activations"] = {"layer": maps["layer"], "labels": labels}
+                arrays = {"base": maps["base"], "other": maps["other"], "inputs": maps["inputs"]}
+    tmp = folder / (VIEWS_JSON + ".tmp")
+    tmp.write_text(json.dumps(views, allow_nan=True))
+    if arrays:
+        np.savez_compressed(folder / VIEWS_NPZ, **arrays)
+    tmp.replace(folder / VIEWS_JSON)
+    return views
+
+
+def load_views(folder: Any) -> dict[str, Any] | None:
+    """The views saved in a step folder (arrays of the activation maps included), or None."""
+    import json
+
+    folder = Path(folder)
+    if not (folder / VIEWS_JSON).is_file():
+        return None
+    views = json.loads((folder / VIEWS_JSON).read_text())
+    if "activations" in views and (folder / VIEWS_NPZ).is_file():
+        with np.load(folder / VIEWS_NPZ, allow_pickle=False) as npz:
+            views["activations"].update({k: npz[k] for k in ("base", "other", "inputs")})
+    return views

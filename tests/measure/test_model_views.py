@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from modelscale.core.apply import apply
-from modelscale.models import build_model
-from modelscale.report.model_views import (
+from modelscale.measure.model_views import (
     comparable_blocks,
     first_conv_maps,
     layer_weights,
@@ -13,6 +12,7 @@ from modelscale.report.model_views import (
     similarity,
     weight_stats,
 )
+from modelscale.models import build_model
 
 
 def _cnn():
@@ -59,7 +59,15 @@ def test_comparable_blocks_expand_containers_and_skip_parameter_free_wrappers():
     assert comparable_blocks(a, b, limit=3) == ["features.0", "features.2", "classifier"]
 
 
-def test_first_conv_maps_and_similarity_of_a_model_with_itself(digits):
+@pytest.fixture(scope="module")
+def digits_bundle():
+    from modelscale.data import load_data
+
+    return load_data("digits", seed=0)
+
+
+def test_first_conv_maps_and_similarity_of_a_model_with_itself(digits_bundle):
+    digits = digits_bundle
     model = _cnn()
     x = torch.stack([digits.test[i][0] for i in range(3)])
     maps = first_conv_maps(model, model, x)
@@ -71,3 +79,22 @@ def test_first_conv_maps_and_similarity_of_a_model_with_itself(digits):
     assert same["examples"] == len(digits.test)
     assert all(v == pytest.approx(1.0, abs=1e-6) for v in same["blocks"].values())
     assert set(same["blocks"]) == {"features.0", "features.1", "features.2", "pool", "classifier"}
+
+
+def test_recorded_views_reload_with_their_arrays(digits_bundle, tmp_path):
+    from modelscale.measure.model_views import load_views, record_views
+    from modelscale.techniques.prune.magnitude import MagnitudePruneConfig
+
+    base = _cnn()
+    pruned = apply(base, MagnitudePruneConfig(amount=0.5, scope="global")).model
+    views = record_views(base, pruned, digits_bundle, tmp_path)
+    loaded = load_views(tmp_path)
+    assert loaded["weights"]["final"]["stats"]["zeros"] == pytest.approx(0.5, abs=0.01)
+    counted = sum(loaded["weights"]["baseline"]["counts"])
+    assert (
+        0.998 * views["weights"]["baseline"]["stats"]["count"]
+        <= counted
+        <= views["weights"]["baseline"]["stats"]["count"]
+    )
+    assert loaded["activations"]["base"].shape == (3, 32, 8, 8)
+    assert 0.0 <= loaded["similarity"]["agreement"] <= 1.0
