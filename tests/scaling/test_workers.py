@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import optuna
 import pytest
@@ -16,7 +15,7 @@ from tests.postgres import available, postgres_server
 
 STUDY = (
     "name: shared\nmodel: mlp\ndata: digits\nwidths: [0.25, 0.5, 1.0]\ndata_fractions: [0.5, 1.0]\n"
-    "train: {epochs: 10, lr: 0.003, progress: false}\nn_boot: 20\nsave_models: false\n"
+    "train: {epochs: 30, lr: 0.003, progress: false}\nn_boot: 20\nsave_models: false\n"
 )
 
 
@@ -39,18 +38,20 @@ def test_two_workers_train_each_point_once_and_fit_like_one_process(tmp_path, po
     study = tmp_path / "study.yaml"
     study.write_text(STUDY)
     shared = ["--storage", postgres_url]
-    first = subprocess.Popen(
-        _scale(study, tmp_path / "a", *shared), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    deadline = time.time() + 180
-    while "scale:shared" not in [s.study_name for s in optuna.get_all_study_summaries(postgres_url)]:
-        assert time.time() < deadline and first.poll() is None, "the first worker did not create the study"
-        time.sleep(0.3)
+    # The joiner starts first and waits for the study, so both are running when the points are enqueued
+    # (a joiner started after the study appears may find every point already trained on a fast machine).
     second = subprocess.Popen(
-        _scale(study, tmp_path / "b", *shared, "--worker"),
+        _scale(study, tmp_path / "b", *shared, "--worker", "--join-wait", "300"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+    )
+    seen = []
+    while not seen or ("waiting up to 300 s for study 'scale:shared'" not in seen[-1] and seen[-1]):
+        seen.append(second.stderr.readline())
+    assert "waiting up to 300 s" in seen[-1], "".join(seen)
+    first = subprocess.Popen(
+        _scale(study, tmp_path / "a", *shared), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     out_a, err_a = first.communicate(timeout=600)
     out_b, err_b = second.communicate(timeout=600)

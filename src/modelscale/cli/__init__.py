@@ -182,6 +182,13 @@ def build_parser(technique: str | None = None, *, list_techniques: bool = True) 
     )
     p.add_argument("--worker", action="store_true", help="join the shared sweep another process started")
     p.add_argument("--heartbeat", type=int, default=30, help="seconds between a worker's heartbeats")
+    p.add_argument(
+        "--join-wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="with --worker: wait up to this long for the study to be started (workers launched together)",
+    )
     _allow_pickle(p, "the weights the study's model_options name")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 

@@ -262,6 +262,7 @@ def cmd_scale(args: argparse.Namespace):
         storage=args.storage,
         worker=args.worker,
         heartbeat=args.heartbeat,
+        join_wait=args.join_wait,
     )
 
 

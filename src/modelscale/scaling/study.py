@@ -247,6 +247,7 @@ def run_study(
     storage: str | None = None,
     worker: bool = False,
     heartbeat: int = 30,
+    join_wait: float = 0.0,
 ) -> tuple[str, dict[str, Any]]:
     """One sweep + fits + summary.md, study.json and figures under `out`; returns (Markdown, data).
 
@@ -268,6 +269,7 @@ def run_study(
             progress=progress,
             allow_pickle=allow_pickle,
             heartbeat=heartbeat,
+            join_wait=join_wait,
         )
     elif worker:
         raise ModelscaleError("--worker joins a shared sweep: give its --storage URL too")
@@ -353,6 +355,7 @@ def scale_command(
     storage: str | None = None,
     worker: bool = False,
     heartbeat: int = 30,
+    join_wait: float = 0.0,
 ) -> tuple[str, dict[str, Any]]:
     """`modelscale scale study.yaml [--out DIR] [--jobs N] [--gpu-sizes]`: sweep(s), laws, summary, JSON.
 
@@ -375,6 +378,7 @@ def scale_command(
             storage=storage,
             worker=worker,
             heartbeat=heartbeat,
+            join_wait=join_wait,
         )
         texts.append(text)
         studies.append(data)

@@ -26,6 +26,7 @@ from modelscale.core.errors import ModelscaleError
 from modelscale.scaling.sweep import SweepConfig, SweepResult, point_settings, sweep_points
 
 POLL_SECONDS = 1.0
+READY_SECONDS = 60.0  # how long a joiner waits for the starter to enqueue the points
 
 
 def _storage(url: str, heartbeat: int) -> Any:
@@ -62,6 +63,7 @@ def run_sweep_workers(
     progress: bool = True,
     allow_pickle: bool = False,
     heartbeat: int = 30,
+    join_wait: float = 0.0,
 ) -> SweepResult:
     """Run this process's share of the sweep's points; returns the whole sweep once every point landed."""
     import warnings
@@ -86,14 +88,27 @@ def run_sweep_workers(
     keys = list(by_key)
     name = study_name or f"scale:{config.name}"
     rdb = _storage(storage, heartbeat)
+    if not join_wait >= 0 or join_wait != join_wait:
+        raise ModelscaleError(f"--join-wait must be a number of seconds >= 0, got {join_wait!r}")
+    say = Printer(progress)
     existing = [s.study_name for s in optuna.get_all_study_summaries(rdb)]
+    if worker and name not in existing and join_wait > 0:
+        say(f"waiting up to {join_wait:g} s for study {name!r} to be started")
+        deadline = time.monotonic() + join_wait
+        while name not in existing and time.monotonic() < deadline:
+            time.sleep(min(POLL_SECONDS, max(deadline - time.monotonic(), 0.0)))
+            existing = [s.study_name for s in optuna.get_all_study_summaries(rdb)]
     if worker and name not in existing:
-        raise ModelscaleError(f"no study {name!r} in {storage} to join; start it first without --worker")
+        waited = f" after waiting {join_wait:g} s" if join_wait > 0 else ""
+        raise ModelscaleError(
+            f"no study {name!r} in {storage} to join{waited}; start it first without --worker "
+            "(or give --join-wait SECONDS)"
+        )
     sampler = optuna.samplers.GridSampler({"point": keys}, seed=0)
     study = optuna.create_study(storage=rdb, study_name=name, sampler=sampler, load_if_exists=True)
     settings = {k: point_settings(config, by_key[k]) for k in keys}
     if name in existing:
-        stored = study.user_attrs.get("settings")
+        stored = _settings_when_ready(study, READY_SECONDS)
         if stored is not None and stored != settings:
             raise ModelscaleError(
                 f"study {name!r} in {storage} holds a different sweep (sizes, data or training changed); "
@@ -103,12 +118,12 @@ def run_sweep_workers(
         study.set_user_attr("settings", settings)
         for key in keys:
             study.enqueue_trial({"point": key}, skip_if_exists=True)
+        study.set_user_attr("ready", True)  # joiners wait for this: every point is enqueued
     db = open_store(store)
     location = db.location if "://" in db.location else str(Path(db.location).resolve())
     db.close()
     config_data = config.to_dict()
     config_data["train"]["progress"] = False
-    say = Printer(progress)
     executed: list[str] = []
 
     def objective(trial: Any) -> float:
@@ -159,6 +174,21 @@ def run_sweep_workers(
         ],
         seconds=time.perf_counter() - t0,
     )
+
+
+def _settings_when_ready(study: Any, seconds: float) -> Any:
+    """The starter's sweep settings, once it has enqueued every point."""
+    deadline = time.monotonic() + seconds
+    while True:
+        attrs = study.user_attrs
+        if attrs.get("ready"):
+            return attrs.get("settings")
+        if time.monotonic() >= deadline:
+            raise ModelscaleError(
+                f"study {study.study_name!r} was created but its points were not enqueued within "
+                f"{seconds:g} s; is the process that started it still running?"
+            )
+        time.sleep(0.2)
 
 
 def _landed(study: Any) -> dict[str, dict[str, Any]]:
