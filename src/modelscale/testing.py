@@ -10,8 +10,8 @@ What it checks, raising `AssertionError` with the reason at the first failure:
 3. on each tiny model it applies to (MLP, CNN, transformer; `hf:tiny-gpt2` for `applies_to="hf"` when
    transformers is installed): apply leaves the input model untouched, keeps the output shape, gives
    finite outputs and a plain-JSON record whose config round-trips; a declared lifecycle
-   (callbacks, finalize) runs; the result saves with `save_compressed` and reloads on a fresh model with
-   the same outputs.
+   (callbacks, finalize) runs; the result saves with `save_compressed` (dense and sparse storage) and
+   reloads on a fresh model with the same outputs, and `measure_size` gives the written file's bytes.
 
 Example::
 
@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import json
 import tempfile
 from dataclasses import dataclass, field
@@ -141,6 +142,7 @@ def check_on_model(
     from modelscale.core.apply import apply
     from modelscale.core.registry import config_from_dict, get_technique
     from modelscale.core.saving import save_compressed
+    from modelscale.measure.size import measure_size
     from modelscale.models.loading import load_compressed
 
     technique = get_technique(config.type)
@@ -169,11 +171,24 @@ def check_on_model(
     _check(config_from_dict(result.record.config) == config, f"{label}: record.config does not round-trip")
     json.dumps(record.to_dict())  # the record is plain data (raises TypeError otherwise)
     with tempfile.TemporaryDirectory() as tmp:
-        save_compressed(Path(tmp) / "saved", result.model, [record])
-        reloaded = load_compressed(Path(tmp) / "saved", fresh).eval()
-        torch.testing.assert_close(
-            reloaded(x), out, rtol=1e-5, atol=1e-6, msg=lambda m: f"{label}: reloaded outputs differ: {m}"
-        )
+        for storage in ("dense", "sparse"):
+            folder = Path(tmp) / storage
+            save_compressed(folder, result.model, [record], storage=storage)
+            written = (folder / "model.safetensors").stat().st_size
+            measured = measure_size(result.model, storage=storage).file_bytes
+            _check(
+                measured == written,
+                f"{label}: the size measured for {storage} storage ({measured} B) is not the "
+                f"file's ({written} B)",
+            )
+            reloaded = load_compressed(folder, copy.deepcopy(fresh)).eval()
+            torch.testing.assert_close(
+                reloaded(x),
+                out,
+                rtol=1e-5,
+                atol=1e-6,
+                msg=lambda m, s=storage: f"{label} ({s} storage): reloaded outputs differ: {m}",
+            )
 
 
 def check_technique(config: TechniqueConfig, *, models: tuple[str, ...] = MODEL_KINDS) -> CheckReport:

@@ -125,6 +125,13 @@ def build_parser(technique: str | None = None, *, list_techniques: bool = True) 
         "--calibration-batches", type=int, default=4, help="training batches given to data-driven techniques"
     )
     p.add_argument("--out", help="folder to save the compressed model and report in")
+    p.add_argument(
+        "--storage",
+        choices=("dense", "sparse"),
+        default="dense",
+        help="how --out stores the weights: dense (masks baked: never larger than the baseline) or "
+        "sparse (bitmask/CSR where smaller); sizes reported are that file's bytes",
+    )
     if technique:
         from modelscale.core.registry import get_technique
 

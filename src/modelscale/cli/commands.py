@@ -135,7 +135,7 @@ def cmd_compress(args: argparse.Namespace):
     from modelscale.core.io import read_structured, write_json, write_text
     from modelscale.core.registry import get_technique
     from modelscale.engine import run_steps
-    from modelscale.measure.compare import compare
+    from modelscale.measure.compare import compare, use_file_sizes
     from modelscale.models.loading import save_model_dir
     from modelscale.report.tables import compare_markdown
 
@@ -151,7 +151,13 @@ def cmd_compress(args: argparse.Namespace):
     x = session.example_inputs()
     outcomes = run_steps(session, steps)
     record = session.bundle.records[-1]
-    cmp = compare(base, session.model, x, loader=session.test_loader())
+    cmp = compare(base, session.model, x, loader=session.test_loader(), storage=args.storage)
+    file_info = None
+    if args.out:
+        folder = save_model_dir(
+            Path(args.out) / "model", session.bundle, meta={"data": args.data}, storage=args.storage
+        )
+        file_info = use_file_sizes(cmp, folder)
     text = compare_markdown(cmp)
     if record.notes:
         text += "\n\nNotes:\n" + "\n".join(f"- {n}" for n in record.notes)
@@ -160,8 +166,9 @@ def cmd_compress(args: argparse.Namespace):
         "steps": [o.summary for o in outcomes],
         "comparison": cmp.to_dict(),
     }
+    if file_info is not None:
+        data_out["file"] = file_info
     if args.out:
-        save_model_dir(Path(args.out) / "model", session.bundle, meta={"data": args.data})
         write_json(Path(args.out) / "results.json", data_out)
         name = session.bundle.spec.get("name")
         write_text(Path(args.out) / "report.md", f"# {args.technique} on {name}\n\n{text}\n")

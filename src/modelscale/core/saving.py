@@ -2,8 +2,10 @@
 
 Layout of a saved folder::
 
-    model.safetensors   the state dict (shared tensors stored once)
-    modelscale.json     {"format": 1, "model": <spec or null>, "records": [...], "meta": {...}}
+    model.safetensors   the weights (shared tensors stored once; masks baked, cluster indices bit-packed,
+                        optionally sparse-encoded: see `modelscale.core.weights_file`)
+    modelscale.json     {"format": 1, "model": <spec or null>, "records": [...], "meta": {...},
+                         "storage": "dense" | "sparse"}
 
 Reloading (`load_into`) takes a fresh base model (`modelscale.load_compressed` builds it from the stored
 spec through the model zoo), replays each record's restore function to recreate the changed structure,
@@ -23,6 +25,7 @@ from modelscale.core.apply import ChangeRecord, restore
 from modelscale.core.errors import ModelscaleError
 from modelscale.core.io import atomic_path, write_json
 from modelscale.core.trust import file_options
+from modelscale.core.weights_file import check_storage, read_weights, write_weights
 
 FORMAT_VERSION = 1
 
@@ -34,19 +37,24 @@ def save_compressed(
     *,
     model_spec: dict[str, Any] | None = None,
     meta: dict[str, Any] | None = None,
+    storage: str = "dense",
 ) -> Path:
-    """Write `model` and the records of the steps applied to it into folder `path`."""
-    from safetensors.torch import save_model
+    """Write `model` and the records of the steps applied to it into folder `path`.
 
+    `storage` is how the weights file stores tensors: "dense" (masked weights baked, so a pruned model
+    is never larger than its baseline) or "sparse" (bitmask / CSR where smaller); recorded in the
+    manifest and in the file."""
+    check_storage(storage)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     with atomic_path(path / "model.safetensors") as tmp:
-        save_model(model, str(tmp))
+        write_weights(tmp, model, storage)
     manifest = {
         "format": FORMAT_VERSION,
         "model": model_spec,
         "records": [r.to_dict() for r in records or []],
         "meta": meta or {},
+        "storage": storage,
     }
     write_json(path / "modelscale.json", manifest)
     return path
@@ -92,8 +100,6 @@ def load_into(path: str | Path, base_model: nn.Module) -> nn.Module:
     """Replay the saved records on `base_model` (a fresh, uncompressed model of the stored architecture),
     then load the folder's weights strictly. `modelscale.load_compressed` builds that model from the
     stored spec through the model zoo."""
-    from safetensors.torch import load_model
-
     path = Path(path)
     manifest = read_manifest(path)
     for record in manifest["records"]:
@@ -102,10 +108,23 @@ def load_into(path: str | Path, base_model: nn.Module) -> nn.Module:
     if not weights.is_file():
         raise ModelscaleError(f"{weights} is missing; re-save the model")
     try:
-        load_model(base_model, str(weights), strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise ModelscaleError(f"weights in {weights} do not fit the model: {first}") from None
-    except Exception as exc:  # safetensors raises its own error types for corrupt files
-        raise ModelscaleError(f"{weights} is corrupt ({type(exc).__name__}); re-save the model") from None
+        read_weights(weights, base_model)
+    except ModelscaleError:
+        raise
+    except Exception as exc:  # name the real cause: a corrupt file, a misfit, memory, or the model's own code
+        first = " ".join(str(exc).split())[:300]
+        if type(exc).__module__.startswith("safetensors"):
+            raise ModelscaleError(f"{weights} is corrupt ({first}); re-save the model") from None
+        if isinstance(exc, MemoryError):
+            raise ModelscaleError(
+                f"out of memory loading {weights}; free memory or load on a larger machine"
+            ) from None
+        if isinstance(exc, RuntimeError) and any(
+            key in str(exc) for key in ("Missing key", "Unexpected key", "size mismatch")
+        ):
+            raise ModelscaleError(f"weights in {weights} do not fit the model: {first}") from None
+        raise ModelscaleError(
+            f"loading {weights} into {type(base_model).__name__} failed ({type(exc).__name__}: {first}); "
+            "rebuild the base model with the architecture the folder was saved from"
+        ) from None
     return base_model

@@ -1,8 +1,9 @@
 """`compare(base, other, example_inputs)`: before/after of a compressed model, theory next to measurement.
 
 Reports ΔP = P0 − P for each quality metric (base minus other, on the same loader), compression
-ratios (parameters, non-zero parameters, serialized, safetensors and zipped bytes; > 1 means
-`other` is smaller), the theoretical speedup (ratio of MACs) next to the measured one (ratio of
+ratios (parameters, non-zero parameters, the bytes of the weights files and their zips, next to two
+named estimates: torch.save and dense safetensors of the effective weights; > 1 means `other` is
+smaller), the theoretical speedup (ratio of MACs) next to the measured one (ratio of
 median latencies, both models timed interleaved in this process), and — with a loader — how often
 both predict the same class and the linear CKA of a chosen layer.
 
@@ -40,10 +41,11 @@ class Comparison(Report):
     other: ProfileReport
     params_ratio: float  # base total params / other total params
     nonzero_ratio: float  # base non-zero / other non-zero
-    serialized_ratio: float  # torch.save bytes, base / other
-    safetensors_ratio: float | None
-    zipped_ratio: float  # deflated bytes, base / other
+    serialized_ratio: float  # estimate: torch.save bytes of the effective state dicts, base / other
+    safetensors_ratio: float | None  # estimate: dense safetensors of the effective state dicts
+    zipped_ratio: float  # the weights files zipped (deflate level 9), base / other
     theoretical_speedup: float | None  # base MACs / other MACs (None when other's ops are not countable)
+    file_ratio: float | None = None  # the weights files (model.safetensors as saved), base / other
     measured_speedup: float | None = None  # base median latency / other median latency (interleaved)
     deltas: dict[str, float] = field(default_factory=dict)  # metric -> base − other
     agreement: float | None = None  # fraction of identical argmax predictions on the loader
@@ -77,19 +79,21 @@ def compare(
     cka_layer_other: str | None = None,
     cka_examples: int = CKA_EXAMPLES,
     other_inputs: Any = None,
+    storage: str = "dense",
 ) -> Comparison:
     """Profile both models and relate them (see the module docstring).
 
     `cka_layer` names the module whose activations CKA compares (default: the models' outputs);
     `cka_layer_other` names its counterpart in `other` when the names differ. `other_inputs` is for
-    an `other` that takes different inputs (default: the same `example_inputs`).
+    an `other` that takes different inputs (default: the same `example_inputs`). `storage` is how
+    `other`'s weights file stores them ("dense" or "sparse"); the size figures are those files' bytes.
     """
     check_model(base, "base")
     check_model(other, "other")
     other_inputs = example_inputs if other_inputs is None else other_inputs
     common = {"device": device, "dtype": dtype, "threads": threads, "task": task}
     p0 = profile(base, example_inputs, latency=False, memory=memory, **common)
-    p1 = profile(other, other_inputs, latency=False, memory=memory, **common)
+    p1 = profile(other, other_inputs, latency=False, memory=memory, storage=storage, **common)
     cmp = Comparison(
         base=p0,
         other=p1,
@@ -98,6 +102,7 @@ def compare(
         serialized_ratio=_ratio(p0.size.serialized_bytes, p1.size.serialized_bytes),
         safetensors_ratio=_ratio(p0.size.safetensors_bytes, p1.size.safetensors_bytes),
         zipped_ratio=_ratio(p0.size.zipped_bytes, p1.size.zipped_bytes),
+        file_ratio=_ratio(p0.size.file_bytes, p1.size.file_bytes),
         theoretical_speedup=_ratio(p0.macs.macs, p1.macs.macs) if p1.macs.macs else None,
     )
     if latency:
@@ -136,6 +141,23 @@ def compare(
     return cmp
 
 
+def use_file_sizes(cmp: Comparison, folder: Any, which: str = "other") -> dict[str, Any]:
+    """Replace `which` side's size figures by those of the weights file `folder` holds (measured on
+    disk), recompute the size ratios, and return {path, bytes, zipped_bytes, storage} of that file."""
+    from modelscale.measure.size import measure_file
+
+    side = getattr(cmp, which)
+    side.size = measure_file(folder, side.size)
+    cmp.zipped_ratio = _ratio(cmp.base.size.zipped_bytes, cmp.other.size.zipped_bytes)
+    cmp.file_ratio = _ratio(cmp.base.size.file_bytes, cmp.other.size.file_bytes)
+    return {
+        "path": side.size.measured_on,
+        "bytes": side.size.file_bytes,
+        "zipped_bytes": side.size.zipped_bytes,
+        "storage": side.size.storage,
+    }
+
+
 def _notes(cmp: Comparison) -> list[str]:
     notes = []
     s0, s1 = cmp.base.params.sparsity, cmp.other.params.sparsity
@@ -146,7 +168,8 @@ def _notes(cmp: Comparison) -> list[str]:
     elif s1 > s0 + 0.01 and abs(cmp.theoretical_speedup - 1.0) < 0.01:
         notes.append(
             f"other has {s1:.1%} zero parameters (base {s0:.1%}) but the same MACs: dense kernels multiply "
-            "the zeros; its storage gain is the zipped ratio, its speed gain only what was measured"
+            "the zeros; its file shrinks only zipped or saved with sparse storage (`--storage sparse`), "
+            "its speed gain is only what was measured"
         )
     m = cmp.measured_speedup
     if (

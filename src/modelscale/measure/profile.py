@@ -83,8 +83,12 @@ def profile(
     loader: Iterable[Any] | None = None,
     task: str = "classification",
     max_batches: int | None = None,
+    storage: str = "dense",
 ) -> ProfileReport:
-    """Measure `model` on `example_inputs` (a tensor or tuple of tensors; quality only with `loader`)."""
+    """Measure `model` on `example_inputs` (a tensor or tuple of tensors; quality only with `loader`).
+
+    `storage` is how a saved folder would store the weights (`core/weights_file.py`); the size section is
+    the bytes of that file, written in memory by the same writer."""
     check_model(model)
     check_task(task)
     dev, dt = resolve_device(device), resolve_dtype(dtype)
@@ -93,7 +97,7 @@ def profile(
         report = ProfileReport(
             model=type(model).__name__,
             params=count_params(ready),
-            size=measure_size(ready),
+            size=measure_size(ready, storage=storage),
             macs=count_macs(ready, args),
             device=str(dev),
             dtype=dtype_name(dt or model_dtype(ready)),

@@ -28,158 +28,41 @@ Example::
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
+from modelscale.core.encodings import (  # the codecs live in core: the saved-folder writer uses them too
+    BitmaskEncoding,
+    CSREncoding,
+    _dtype_name,
+    decode_bitmask,
+    decode_csr,
+    encode_bitmask,
+    encode_csr,
+    narrowest_index_dtype,
+)
 from modelscale.core.errors import ModelscaleError
 from modelscale.measure._report import Report
 from modelscale.measure.size import effective_state_dict
 
-# Same-width integer views used to store raw bit patterns (numpy has no bfloat16).
-_BIT_VIEWS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-_INDEX_DTYPES = (np.int16, np.int32, np.int64)
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def _dtype_from_name(name: str) -> torch.dtype:
-    dtype = getattr(torch, name, None)
-    if not isinstance(dtype, torch.dtype):
-        raise ModelscaleError(f"unknown torch dtype {name!r} in an encoded tensor")
-    return dtype
-
-
-def _bit_pattern(tensor: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """The tensor flattened as same-width integers holding its exact bits, and where it is non-zero."""
-    if not isinstance(tensor, torch.Tensor):
-        raise ModelscaleError(f"expected a torch.Tensor, got {type(tensor).__name__}")
-    if tensor.is_quantized or tensor.is_sparse or tensor.is_complex() or tensor.device.type == "meta":
-        raise ModelscaleError(
-            f"cannot encode a {tensor.dtype} tensor on {tensor.device} (layout {tensor.layout}); "
-            "pass a dense real tensor (dequantize or bake it first)"
-        )
-    flat = tensor.detach().cpu().contiguous().reshape(-1)
-    view = _BIT_VIEWS.get(flat.element_size())
-    if view is None:
-        raise ModelscaleError(f"cannot encode dtype {tensor.dtype}: no integer view of its width")
-    nonzero = (flat != 0).numpy()  # by value: -0.0 (what masking a negative weight gives) is zero
-    if flat.dtype == torch.bool:
-        flat = flat.to(torch.uint8)
-    return flat.view(view).numpy(), nonzero
-
-
-def _from_bit_pattern(bits: np.ndarray, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
-    flat = torch.from_numpy(np.ascontiguousarray(bits))
-    if dtype == torch.bool:
-        return flat.to(torch.bool).reshape(shape)
-    return flat.view(dtype).reshape(shape)
-
-
-def narrowest_index_dtype(largest: int) -> np.dtype:
-    """The narrowest signed integer dtype (int16, int32, int64) that holds values 0..largest."""
-    for dtype in _INDEX_DTYPES:
-        if largest <= np.iinfo(dtype).max:
-            return np.dtype(dtype)
-    raise ModelscaleError(f"index {largest} does not fit in int64")
-
-
-@dataclass
-class BitmaskEncoding:
-    """One bit per element (MSB first, packed) plus the non-zero elements' bit patterns in order."""
-
-    shape: tuple[int, ...]
-    dtype: str  # torch dtype name of the original tensor
-    mask: np.ndarray  # uint8, ⌈numel / 8⌉ bytes
-    values: np.ndarray  # nnz same-width integers (raw bits of the non-zero values)
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.mask.nbytes + self.values.nbytes)
-
-
-@dataclass
-class CSREncoding:
-    """Compressed sparse rows of the tensor viewed as (rows × cols) = (shape[0] × the rest)."""
-
-    shape: tuple[int, ...]
-    dtype: str
-    rows: int
-    cols: int
-    row_ptr: np.ndarray  # rows + 1 offsets into col_idx / values (narrowest dtype holding nnz)
-    col_idx: np.ndarray  # nnz column indices (narrowest dtype holding cols - 1)
-    values: np.ndarray  # nnz same-width integers (raw bits of the non-zero values)
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.row_ptr.nbytes + self.col_idx.nbytes + self.values.nbytes)
-
-
-def encode_bitmask(tensor: torch.Tensor) -> BitmaskEncoding:
-    """Encode `tensor` as a packed non-zero bitmask plus its non-zero values (exactly invertible)."""
-    bits, nonzero = _bit_pattern(tensor)
-    return BitmaskEncoding(
-        shape=tuple(tensor.shape),
-        dtype=_dtype_name(tensor.dtype),
-        mask=np.packbits(nonzero),
-        values=bits[nonzero].copy(),
-    )
-
-
-def decode_bitmask(encoded: BitmaskEncoding) -> torch.Tensor:
-    """The tensor `encode_bitmask` encoded, bit for bit (on CPU)."""
-    numel = math.prod(encoded.shape)
-    nonzero = np.unpackbits(encoded.mask, count=numel).astype(bool)
-    if nonzero.size != numel or int(nonzero.sum()) != encoded.values.size:
-        raise ModelscaleError("corrupt bitmask encoding: mask length or set bits do not match the values")
-    bits = np.zeros(numel, dtype=encoded.values.dtype)
-    bits[nonzero] = encoded.values
-    return _from_bit_pattern(bits, _dtype_from_name(encoded.dtype), encoded.shape)
-
-
-def _matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
-    numel = math.prod(shape)
-    if len(shape) >= 2 and shape[0] > 0:
-        return shape[0], numel // shape[0]
-    return 1, numel
-
-
-def encode_csr(tensor: torch.Tensor) -> CSREncoding:
-    """Encode `tensor` (viewed as shape[0] × rest; 0-/1-D as one row) in CSR with narrow indices."""
-    bits, nonzero = _bit_pattern(tensor)
-    rows, cols = _matrix_shape(tuple(tensor.shape))
-    matrix = bits.reshape(rows, cols)
-    nonzero = nonzero.reshape(rows, cols)
-    row_idx, col_idx = np.nonzero(nonzero)  # row-major order, as CSR stores them
-    nnz = int(col_idx.size)
-    row_ptr = np.zeros(rows + 1, dtype=np.int64)
-    np.cumsum(np.bincount(row_idx, minlength=rows), out=row_ptr[1:])
-    return CSREncoding(
-        shape=tuple(tensor.shape),
-        dtype=_dtype_name(tensor.dtype),
-        rows=rows,
-        cols=cols,
-        row_ptr=row_ptr.astype(narrowest_index_dtype(nnz)),
-        col_idx=col_idx.astype(narrowest_index_dtype(max(cols - 1, 0))),
-        values=matrix[nonzero].copy(),
-    )
-
-
-def decode_csr(encoded: CSREncoding) -> torch.Tensor:
-    """The tensor `encode_csr` encoded, bit for bit (on CPU)."""
-    counts = np.diff(encoded.row_ptr.astype(np.int64))
-    if counts.size != encoded.rows or (counts < 0).any() or int(counts.sum()) != encoded.values.size:
-        raise ModelscaleError("corrupt CSR encoding: row pointers do not match the values")
-    matrix = np.zeros((encoded.rows, encoded.cols), dtype=encoded.values.dtype)
-    rows = np.repeat(np.arange(encoded.rows), counts)
-    matrix[rows, encoded.col_idx.astype(np.int64)] = encoded.values
-    return _from_bit_pattern(matrix.reshape(-1), _dtype_from_name(encoded.dtype), encoded.shape)
+__all__ = [
+    "BitmaskEncoding",
+    "CSREncoding",
+    "SparseStorageReport",
+    "TensorStorage",
+    "decode_bitmask",
+    "decode_csr",
+    "decode_state",
+    "encode_bitmask",
+    "encode_csr",
+    "encode_state",
+    "narrowest_index_dtype",
+    "sparse_storage",
+    "tensor_storage",
+]
 
 
 @dataclass

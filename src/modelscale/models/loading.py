@@ -83,8 +83,13 @@ def is_model_dir(path: str | Path) -> bool:
     return (Path(path) / "modelscale.json").is_file()
 
 
-def save_model_dir(path: str | Path, bundle: ModelBundle, *, meta: dict[str, Any] | None = None) -> Path:
-    return save_compressed(path, bundle.model, bundle.records, model_spec=bundle.spec, meta=meta)
+def save_model_dir(
+    path: str | Path, bundle: ModelBundle, *, meta: dict[str, Any] | None = None, storage: str = "dense"
+) -> Path:
+    """Write `bundle` as a folder (`save_compressed`); `storage` is "dense" or "sparse" (core/weights_file.py)."""
+    return save_compressed(
+        path, bundle.model, bundle.records, model_spec=bundle.spec, meta=meta, storage=storage
+    )
 
 
 def load_compressed(

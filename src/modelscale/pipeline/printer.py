@@ -42,6 +42,8 @@ def headline_text(h: dict[str, float]) -> str:
             else ""
         )
         parts.append(f"params {human(h['params.total'])}{nz}")
+    if "size.file_bytes" in h:
+        parts.append(f"file {h['size.file_bytes'] / 1e6:.3f} MB")
     if "size.zipped_bytes" in h:
         parts.append(f"zipped {h['size.zipped_bytes'] / 1e6:.3f} MB")
     if "latency.median_ms" in h:

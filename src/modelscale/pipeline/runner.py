@@ -416,7 +416,7 @@ class _Variant:
         from modelscale.core.io import write_json
         from modelscale.engine import Session, run_step
         from modelscale.models.loading import load_model_dir, save_model_dir
-        from modelscale.pipeline.profiling import measure, paired_with_baseline
+        from modelscale.pipeline.profiling import file_size_rows, measure, paired_with_baseline
 
         if sdir.exists():
             shutil.rmtree(sdir)  # leftovers of an attempt that did not finish
@@ -444,6 +444,7 @@ class _Variant:
         profiles, rows, notes = (
             measure(outcome.bundle.model, data, self.recipe.measure) if outcome.profile else ([], [], [])
         )
+        rows = file_size_rows(rows, sdir)  # the bytes of the file just written, not an estimate
         if profiles:
             write_json(sdir / "profile.json", profiles)
         if outcome.profile and step.index > 0 and "latency" in self.recipe.measure.metrics:

@@ -423,6 +423,7 @@ HEADLINE = (
     "quality.bits_per_byte",
     "params.total",
     "params.nonzero",
+    "size.file_bytes",
     "size.zipped_bytes",
     "macs.macs",
     "latency.median_ms",

@@ -47,9 +47,10 @@ def _size_rows(reports: list[Any]) -> list[tuple[str, list[str], list[Any]]]:
         row("Sparsity (zero params)", lambda r: r.params.sparsity, percent),
         row("MACs (multiply-accumulates / forward)", lambda r: r.macs.macs, human),
         row("FLOPs (= 2 × MACs)", lambda r: r.macs.flops, human),
-        row("Serialized, torch.save (MB)", lambda r: r.size.serialized_bytes, megabytes),
-        row("Serialized, safetensors (MB)", lambda r: r.size.safetensors_bytes, megabytes),
-        row("Zipped, deflate level 9 (MB)", lambda r: r.size.zipped_bytes, megabytes),
+        row("Weights file, model.safetensors (MB)", lambda r: r.size.file_bytes, megabytes),
+        row("Weights file zipped, deflate level 9 (MB)", lambda r: r.size.zipped_bytes, megabytes),
+        row("Estimate: torch.save, effective weights (MB)", lambda r: r.size.serialized_bytes, megabytes),
+        row("Estimate: safetensors, dense effective (MB)", lambda r: r.size.safetensors_bytes, megabytes),
     ]
     if any(r.latency for r in reports):
         rows += [
@@ -162,6 +163,7 @@ def _compare(cmp: Any, *, markdown: bool) -> str:
     parts = [title, "", f"Base: {_setup_line(base)}", "", f"Other: {_setup_line(other)}", ""]
     parts.append(table(["Measure", *names, "Base / Other"], size_rows, markdown=markdown))
     parts += ["", "Base / Other above 1× means other is smaller (or, for latency, faster)."]
+    parts.append(_size_source(base, other))
 
     speed = [[times(cmp.theoretical_speedup), times(cmp.measured_speedup)]]
     sub = "### Speedup: theory next to measurement" if markdown else "Speedup: theory next to measurement"
@@ -190,6 +192,19 @@ def _compare(cmp: Any, *, markdown: bool) -> str:
     if cmp.notes:
         parts += ["", *[f"- {n}" for n in cmp.notes]]
     return "\n".join(parts) + "\n"
+
+
+def _size_source(*reports: Any) -> str:
+    """Where the file sizes come from: a file on disk, or the same writer run in memory."""
+    parts = []
+    for name, r in zip(("base", "other"), reports, strict=False):
+        where = getattr(r.size, "measured_on", "memory")
+        storage = getattr(r.size, "storage", "dense")
+        if where == "memory":
+            parts.append(f"{name}: the {storage} weights file a save writes, serialized in memory")
+        else:
+            parts.append(f"{name}: {where} on disk ({storage})")
+    return "Weights file sizes — " + "; ".join(parts) + ". Estimates are labelled as such."
 
 
 def _key(label: str) -> str:

@@ -173,6 +173,10 @@ class ClusteredWeight(nn.Module):
         # The dense weight is not kept: the codebook and indices are the whole state.
         return weight.new_empty(0)
 
+    def packed_bits(self) -> dict[str, int]:
+        """Saved folders store the indices bit-packed at `bits` bits each (see `core/weights_file.py`)."""
+        return {"indices": self.bits}
+
     def extra_repr(self) -> str:
         groups, entries = self.codebook.shape
         return f"bits={self.bits}, groups={groups}, entries={entries}, zero_centroid={self.zero_centroid}"

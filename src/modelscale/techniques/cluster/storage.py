@@ -17,42 +17,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
-import torch
 from torch import nn
 
+from modelscale.core.encodings import pack_indices, unpack_indices
 from modelscale.core.errors import ModelscaleError
 
+__all__ = ["codebook_bytes", "export_packed", "pack_indices", "packed_size", "unpack_indices"]
+
 _CODEBOOK_DTYPES = {"float32": 4, "float16": 2, "bfloat16": 2}
-
-
-def _check_bits(bits: int) -> None:
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
-        raise ModelscaleError(f"bits must be an integer in 1..8, got {bits!r}")
-
-
-def pack_indices(indices: torch.Tensor | np.ndarray, bits: int) -> np.ndarray:
-    """Pack non-negative indices < 2**bits into a uint8 array of ⌈n·bits/8⌉ bytes (MSB first)."""
-    _check_bits(bits)
-    if isinstance(indices, torch.Tensor):
-        indices = indices.detach().cpu().numpy()
-    flat = np.asarray(indices).reshape(-1)
-    if flat.size and (flat.min() < 0 or flat.max() >= 2**bits):
-        raise ModelscaleError(f"indices must lie in [0, {2**bits}) to pack at {bits} bits")
-    # Each index as 8 bits (MSB first), keep its low `bits` bits, then pack the bit stream.
-    as_bits = np.unpackbits(flat.astype(np.uint8)[:, None], axis=1)[:, 8 - bits :]
-    return np.packbits(as_bits.reshape(-1))
-
-
-def unpack_indices(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
-    """Inverse of `pack_indices`: the first `count` indices as a uint8 array."""
-    _check_bits(bits)
-    stream = np.unpackbits(np.asarray(packed, dtype=np.uint8))[: count * bits]
-    if stream.size != count * bits:
-        raise ModelscaleError(f"packed data holds fewer than {count} indices of {bits} bits")
-    padded = np.zeros((count, 8), dtype=np.uint8)
-    padded[:, 8 - bits :] = stream.reshape(count, bits)
-    return np.packbits(padded, axis=1).reshape(-1)
 
 
 def packed_size(numel: int, bits: int, codebook_entries: int, codebook_itemsize: int = 4) -> int:

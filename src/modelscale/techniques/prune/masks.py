@@ -14,7 +14,13 @@ from torch.nn.utils import parametrize
 
 
 class WeightMask(nn.Module):
-    """Parametrization W -> W * mask, with the mask stored as a boolean buffer (saved in state_dict)."""
+    """Parametrization W -> W * mask, with the mask stored as a boolean buffer (saved in state_dict).
+
+    A saved folder stores the masked weight as its effective value (`store_effective`, see
+    `core/weights_file.py`): as large as the dense weight, never larger; reloading rebuilds the mask from it.
+    """
+
+    store_effective = True
 
     def __init__(self, mask: torch.Tensor) -> None:
         super().__init__()
@@ -22,6 +28,10 @@ class WeightMask(nn.Module):
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         return weight * self.mask
+
+    def state_from_effective(self, effective: torch.Tensor) -> dict[str, torch.Tensor]:
+        """This parametrization's buffers from a stored effective weight: the mask is where it is non-zero."""
+        return {"mask": effective != 0}
 
 
 def get_mask(module: nn.Module, name: str = "weight") -> torch.Tensor | None:
