@@ -53,3 +53,66 @@ def test_torchvision_refuses_size_multipliers_and_bad_options():
         build_model("torchvision:resnet18", dropout=0.2)
     with pytest.raises(ModelscaleError, match="rejected its options"):
         build_model("torchvision:resnet18", not_an_option=1)
+
+
+@pytest.mark.parametrize("name", ["googlenet", "inception_v3"])
+def test_aux_heads_are_left_out_and_published_checkpoints_still_load(name, tmp_path):
+    import torchvision
+    from safetensors.torch import save_file
+
+    from modelscale.models.torchvision_zoo import published
+
+    side = published(name)["resolution"]
+    model = build_model(f"torchvision:{name}", num_classes=10, input_shape=(3, side, side))
+    assert not model.aux_logits
+    assert model.train()(torch.rand(2, 3, side, side)).shape == (2, 10)  # a tensor in train mode too
+    with_heads = torchvision.models.get_model(
+        name, weights=None, num_classes=10, aux_logits=True, init_weights=True
+    )
+    state = with_heads.state_dict()
+    assert any(k.startswith(("aux1.", "AuxLogits.")) for k in state)  # what a torchvision checkpoint holds
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "w.safetensors"))
+    loaded = build_model(
+        f"torchvision:{name}",
+        num_classes=10,
+        input_shape=(3, side, side),
+        weights=str(tmp_path / "w.safetensors"),
+    )
+    x = torch.rand(1, 3, side, side)
+    torch.testing.assert_close(loaded.eval()(x), with_heads.eval()(x))
+
+
+def test_mnasnet_saves_and_reloads_through_safetensors(tmp_path):
+    """torchvision's MNASNet needs version metadata a safetensors file does not keep."""
+    import torchvision
+
+    from modelscale.models.loading import build_for, load_compressed, save_model_dir
+
+    bundle = build_for("torchvision:mnasnet0_5", input_shape=(3, 64, 64), num_classes=10)
+    assert isinstance(bundle.model, torchvision.models.MNASNet)
+    save_model_dir(tmp_path / "m", bundle)
+    x = torch.rand(2, 3, 64, 64)
+    assert torch.equal(load_compressed(tmp_path / "m").eval()(x), bundle.model.eval()(x))
+    # A state dict that does carry torchvision's version is treated as torchvision treats it.
+    state = bundle.model.state_dict()
+    state._metadata[""]["version"] = 3
+    with pytest.raises(ValueError, match="version should be set to 1 or 2"):
+        build_model("torchvision:mnasnet0_5", num_classes=10).load_state_dict(state)
+
+
+def test_a_load_error_names_its_real_cause(tmp_path):
+    """Only a damaged file is called corrupt; the model's own refusal is reported as such."""
+    import torchvision
+
+    from modelscale.models.loading import build_for, load_compressed, save_model_dir
+
+    bundle = build_for("torchvision:mnasnet0_5", input_shape=(3, 64, 64), num_classes=10)
+    save_model_dir(tmp_path / "m", bundle)
+    plain = torchvision.models.mnasnet0_5(num_classes=10)  # the stock class: needs version metadata
+    with pytest.raises(ModelscaleError, match=r"failed \(ValueError: version should be set") as info:
+        load_compressed(tmp_path / "m", plain)
+    assert "corrupt" not in str(info.value)
+    weights = tmp_path / "m" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ModelscaleError, match=r"is corrupt \(Error while deserializing header"):
+        load_compressed(tmp_path / "m")

@@ -9,6 +9,12 @@ recorded in `model.modelscale_notes`:
 - input channels != 3: the first 3-channel convolution is replaced by one with the right channels.
 - `vit_*` with a square input other than 224: `image_size` is set to the input size.
 
+Always, so that the model is the architecture its published weights describe and it saves, reloads and
+trains like every other: GoogLeNet and Inception v3 are built without their auxiliary heads (a
+published checkpoint's head keys are dropped on load), and MNASNet loads state dicts that carry no
+version metadata (see `models/torchvision_compat.py`). `published(name)` gives torchvision's own
+figures (parameters, GMACs, resolution) for a model, read from its weights' metadata.
+
 `width` and `depth` must stay 1.0 (torchvision architectures have fixed sizes; pick a bigger or smaller
 variant by name instead).
 
@@ -29,6 +35,7 @@ from modelscale.core.errors import ModelscaleError
 from modelscale.models.registry import ModelArgs, register_model
 
 SMALL_INPUT = 64  # below this height or width a ResNet gets the CIFAR stem
+AUX_HEAD_MODELS = ("googlenet", "inception_v3")  # built without their auxiliary training heads
 
 
 def _first_rgb_conv(model: nn.Module) -> tuple[str, nn.Conv2d] | None:
@@ -111,6 +118,9 @@ def build_torchvision(args: ModelArgs, arg: str, **kwargs: Any) -> nn.Module:
         notes.append(f"vit image_size set to {height}")
     if args.dropout > 0:
         kwargs.setdefault("dropout", args.dropout)
+    if arg in AUX_HEAD_MODELS:
+        kwargs.setdefault("aux_logits", False)
+        kwargs.setdefault("init_weights", True)  # torchvision's init, stated (it warns when left unset)
     try:
         model = tvm.get_model(arg, weights=None, num_classes=args.num_classes, **kwargs)
     except (TypeError, ValueError, AssertionError) as exc:
@@ -121,5 +131,37 @@ def build_torchvision(args: ModelArgs, arg: str, **kwargs: Any) -> nn.Module:
             ) from None
         raise ModelscaleError(f"torchvision:{arg} rejected its options: {first}") from None
     _adapt(model, args, notes)
+    _make_loadable(model)
     model.modelscale_notes = notes
     return model
+
+
+def _make_loadable(model: nn.Module) -> None:
+    from torchvision.models import MNASNet as TorchvisionMNASNet
+
+    from modelscale.models import torchvision_compat
+
+    if type(model) is TorchvisionMNASNet:
+        model.__class__ = torchvision_compat.MNASNet  # adds no state: only how a state dict loads
+    if not getattr(model, "aux_logits", True):
+        model.register_load_state_dict_pre_hook(torchvision_compat.drop_aux_heads)
+
+
+def published(name: str) -> dict[str, Any]:
+    """torchvision's published figures for classifier `name`, from its weights' metadata (no download).
+
+    The weights entry evaluated at 224 pixels when there is one (what `weights=None` builds), else the
+    first; returns {"weights", "resolution", "params", "gmacs"} (torchvision's `_ops` field: GMACs,
+    though the docs call it GFLOPS)."""
+    import torchvision.models as tvm
+
+    entries = list(tvm.get_model_weights(name))
+    sizes = [int(e.transforms().crop_size[0]) for e in entries]
+    i = sizes.index(224) if 224 in sizes else 0
+    meta = entries[i].meta
+    return {
+        "weights": str(entries[i]),
+        "resolution": sizes[i],
+        "params": int(meta["num_params"]),
+        "gmacs": float(meta["_ops"]),
+    }

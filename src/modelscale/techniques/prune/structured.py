@@ -38,7 +38,6 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -138,36 +137,21 @@ class StructuredPruneConfig(TechniqueConfig):
 
 
 def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """All parameters, tied ones once (the one counter, `modelscale.measure.count_params`)."""
+    from modelscale.measure.params import count_params as measure_params
+
+    return measure_params(model).total
 
 
-@torch.no_grad()
 def count_macs(model: nn.Module, example_inputs: Any) -> tuple[int, dict[str, int]]:
-    """Total multiply-accumulates of one forward on `example_inputs`, and per module name.
+    """Total multiply-accumulates of one forward on `example_inputs`, and each module's own MACs.
 
-    Counted by `torch.utils.flop_counter` (matmuls and convolutions; FLOPs / 2). The fused attention
-    fast path is switched off while counting so attention projections are seen; attention score
-    products count only where torch has a formula for the kernel (not for the CPU flash kernel).
-    """
-    from torch.utils.flop_counter import FlopCounterMode
+    The one MAC counter, `modelscale.measure.count_macs` (the same number `profile` reports; attention
+    counted on every kernel path)."""
+    from modelscale.measure.macs import count_macs as measure_macs
 
-    was_training = model.training
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    model.eval()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        with FlopCounterMode(display=False) as counter:
-            forward_any(model, example_inputs)
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
-        model.train(was_training)
-    per_module = {}
-    for key, ops in counter.get_flop_counts().items():
-        if key == "Global":
-            continue
-        name = key.split(".", 1)[1] if "." in key else ""
-        per_module[name] = int(sum(ops.values())) // 2
-    return int(counter.get_total_flops()) // 2, per_module
+    report = measure_macs(model, example_inputs)
+    return report.macs, {row.name: row.macs for row in report.layers}
 
 
 def _accumulate_grads(model: nn.Module, batches: list, loss_fn) -> None:
