@@ -65,6 +65,16 @@ class TrainConfig(Config):
     progress: bool = param(True, "show a progress bar (only on a terminal and on rank 0)")
     checkpoint_dir: str | None = param(None, "folder for the per-epoch checkpoint last.pt; None writes none")
     resume: bool = param(False, "continue from checkpoint_dir/last.pt when it exists")
+    parallel: Literal["ddp", "fsdp"] = param(
+        "ddp", "under torchrun: ddp (replicas) or fsdp (FSDP2: params, grads, optimizer sharded)"
+    )
+    fsdp_dtype: Literal["fp32", "bf16"] = param(
+        "fp32", "fsdp: dtype of all-gathered params and reduced grads (shards stay fp32)"
+    )
+    cpu_offload: bool = param(False, "fsdp: keep shards, grads and the optimizer step on the CPU")
+    activation_checkpointing: bool = param(
+        False, "recompute each block's activations in backward instead of storing them"
+    )
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "grad_accum", "step_size"):
@@ -94,6 +104,8 @@ class TrainConfig(Config):
             )
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ModelscaleError(f"device must be auto, cpu, cuda or cuda:<index>; got {self.device!r}")
+        if self.parallel != "fsdp" and (self.fsdp_dtype != "fp32" or self.cpu_offload):
+            raise ModelscaleError("fsdp_dtype and cpu_offload need parallel='fsdp'; set parallel='fsdp'")
         if self.resume and not self.checkpoint_dir:
             raise ModelscaleError("resume=True needs checkpoint_dir; set checkpoint_dir to the run's folder")
 

@@ -32,6 +32,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from modelscale.core.errors import ModelscaleError
 from modelscale.data.bundle import DataBundle
+from modelscale.train import dcp, fsdp
 from modelscale.train import distributed as D
 from modelscale.train.callbacks import CallbackList, TrainState
 from modelscale.train.checkpoint import (
@@ -140,6 +141,14 @@ def _run(
     cuda = device.type == "cuda"
     seed_everything(config.seed + info.rank, cuda=cuda)
     model.to(device)
+    sharded = config.parallel == "fsdp"  # DCP checkpoints at any world size; sharding from 2 processes
+    snapshot = None
+    if sharded and info.enabled:
+        fsdp.check_supported(config)
+        snapshot = fsdp.shard(model, config, device, info)
+    elif config.activation_checkpointing:
+        snapshot = fsdp.Snapshot.take(model)
+        fsdp.checkpoint_blocks(model)
     sampler = DistributedSampler(
         data.train, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=config.seed
     )
@@ -159,6 +168,8 @@ def _run(
         if _has_val(data)
         else None
     )
+    if val_loader is not None and sharded and info.enabled:
+        val_loader = fsdp.EqualBatches(val_loader, info, device)  # type: ignore[assignment]
     batches = len(train_loader)
     accum = config.grad_accum
     steps_per_epoch = math.ceil(batches / accum)
@@ -190,9 +201,14 @@ def _run(
     )
     start_epoch, resumed_from, done = 1, None, False
     ckpt_file = checkpoint_path(config.checkpoint_dir) if config.checkpoint_dir else None
-    if config.resume and ckpt_file is not None and ckpt_file.is_file():
+    ckpt = None
+    if config.resume and sharded and dcp.is_sharded_checkpoint(config.checkpoint_dir or ""):
+        ckpt = dcp.load(config.checkpoint_dir, model, optimizer, info)  # type: ignore[arg-type]
+        _load_training_state(ckpt, model, optimizer, scheduler, scaler, config.checkpoint_dir)
+    elif config.resume and ckpt_file is not None and ckpt_file.is_file():
         ckpt = load_checkpoint(ckpt_file)
         _load_training_state(ckpt, model, optimizer, scheduler, scaler, ckpt_file)
+    if ckpt is not None:
         restore_rng(ckpt["rng"])
         best.load(ckpt["best"])
         state.step, state.history = int(ckpt["step"]), list(ckpt["history"])
@@ -203,7 +219,7 @@ def _run(
         start_epoch, done = resumed_from + 1, bool(ckpt["done"])
 
     net: nn.Module = model
-    if info.enabled:
+    if info.enabled and not sharded:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
     criterion = loss_fn or criterion_for(data.task, config.label_smoothing)
     clip, last_lr = config.grad_clip, optimizer.param_groups[0]["lr"]
@@ -225,7 +241,9 @@ def _run(
                 closes_group = i - group_start == group - 1
                 x = x.to(device, non_blocking=cuda)
                 y = y.to(device, non_blocking=cuda)
-                sync = net.no_sync() if info.enabled and not closes_group else contextlib.nullcontext()
+                sync = contextlib.nullcontext()
+                if info.enabled and not closes_group:
+                    sync = fsdp.gradient_sync(net, False) if sharded else net.no_sync()
                 with sync:
                     with autocast():
                         outputs = net(x)
@@ -264,6 +282,8 @@ def _run(
                     bar.step(state.step, epoch, config.epochs, raw)
                 if state.step >= total_steps or state.should_stop:
                     break
+            if sharded:
+                fsdp.broadcast_buffers(model, info)  # rank 0's BatchNorm statistics, as under DDP
             _end_epoch(state, best, data.task, val_loader, autocast, info, loss_sum, micro, last_lr, t_epoch)
             if bar is not None:
                 bar.epoch(state.history[-1])
@@ -271,7 +291,10 @@ def _run(
             stop = D.any_true(state.should_stop or best.stopped or state.step >= total_steps, info, device)
             state.should_stop = stop
             done = best.stopped or state.step >= total_steps or epoch == config.epochs
-            if ckpt_file is not None and info.is_main:
+            if sharded and config.checkpoint_dir:
+                extra = _payload(state, best, scheduler, scaler, done, weights=False)
+                dcp.save(config.checkpoint_dir, model, optimizer, extra, best.weights, info)
+            elif ckpt_file is not None and info.is_main:
                 save_checkpoint(ckpt_file, _payload(state, best, scheduler, scaler, done))
     finally:
         if bar is not None:
@@ -280,6 +303,11 @@ def _run(
     restored = best.weights is not None and best.epoch != state.epoch
     if restored:
         model.load_state_dict(best.weights)  # type: ignore[arg-type]
+    if snapshot is not None:  # a plain module again: full weights on every rank, hooks removed
+        if sharded and info.enabled:
+            fsdp.unshard(model, snapshot, info, device)
+        else:
+            snapshot.restore()
     final_epoch = best.epoch if restored else state.epoch
     row = next((r for r in state.history if r["epoch"] == final_epoch), {})
     cbs.call("on_train_end", state)
@@ -334,13 +362,15 @@ def _end_epoch(
     best.update(state.epoch, metrics, state.model)
 
 
-def _payload(state: TrainState, best: BestTracker, scheduler: Any, scaler: Any, done: bool) -> dict[str, Any]:
-    return {
+def _payload(
+    state: TrainState, best: BestTracker, scheduler: Any, scaler: Any, done: bool, *, weights: bool = True
+) -> dict[str, Any]:
+    """The checkpoint's content; `weights=False` for a distributed checkpoint, where DCP stores the
+    model, optimizer and best weights sharded and this is the rest."""
+    payload = {
         "epoch": state.epoch,
         "step": state.step,
         "done": done,
-        "model": state.model.state_dict(),
-        "optimizer": state.optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": rng_state(),
@@ -348,6 +378,10 @@ def _payload(state: TrainState, best: BestTracker, scheduler: Any, scaler: Any, 
         "history": state.history,
         "config": state.config.to_dict(),
     }
+    if not weights:
+        payload["best"] = {**payload["best"], "weights": None}
+        return {**payload, "best_has_weights": best.weights is not None}
+    return {**payload, "model": state.model.state_dict(), "optimizer": state.optimizer.state_dict()}
 
 
 def _load_training_state(
@@ -358,8 +392,9 @@ def _load_training_state(
             f"{path} was written with a different schedule or amp setting; use the original config or resume=False"
         )
     try:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        if "model" in ckpt:  # (a distributed checkpoint has loaded them already)
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
     except (RuntimeError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelscaleError(
