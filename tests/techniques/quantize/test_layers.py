@@ -126,18 +126,21 @@ def test_weight_only_conv2d_and_scale_dtype():
 @pytest.mark.parametrize(("bits", "group", "symmetric"), [(8, 0, True), (4, 32, False), (4, 64, True)])
 def test_aten_weight_only_kernels_match_the_reference(bits, group, symmetric):
     lin = nn.Linear(128, 32)
-    layer = WeightOnlyLayer(lin, bits=bits, group_size=group, symmetric=symmetric, kernel="torch")
+    layer = WeightOnlyLayer(lin, bits=bits, group_size=group, symmetric=symmetric, kernel="torch", tune_ms=5)
     if layer.kernel != "torch":
         pytest.skip(f"ATen kernel not usable here: {layer.torch_kernel_problem()}")
     x = torch.randn(5, 128)
     reference = F.linear(x, reference_dequant(layer), lin.bias)
-    torch.testing.assert_close(layer(x), reference, rtol=1e-4, atol=1e-4)
+    # bf16/fp16 activations round x and y (~3 significant digits); float32 ones agree to 1e-4
+    low = any(not c["path"].endswith("fp32") for c in layer.choices)
+    error = (layer(x) - reference).norm() / reference.norm()
+    assert error <= (4e-3 if low else 1e-4)
 
 
 def test_aten_kernel_falls_back_with_a_note_where_a_layer_does_not_fit():
-    result = apply(mlp(), WeightOnlyConfig(bits=8, group_size=32, kernel="torch"))
+    result = apply(mlp(), WeightOnlyConfig(bits=8, group_size=40, kernel="torch", tune_ms=5))
     assert all(r["kernel"] == "dequant" for r in result.record.layers)
-    assert any("group_size=0" in note for note in result.record.notes)
+    assert any("not a multiple of the group size" in note for note in result.record.notes)
 
 
 def test_weight_only_per_layer_overrides_give_mixed_precision():

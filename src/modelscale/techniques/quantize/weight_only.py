@@ -12,11 +12,16 @@ int4 codes are packed two per byte into a uint8 buffer. Stored bytes per weight:
 one scale (scale_dtype) and one uint8 zero point if asymmetric — int4 g32 asymmetric with fp32 scales
 is 21 bytes per 32 weights (6.1x smaller than fp32).
 
-The forward dequantizes the weight and runs the float layer (kernel="dequant"), which saves memory,
-not time. kernel="torch" uses ATen's weight-only CPU kernels (`_weight_int8pack_mm` for int8 with one
-group per row; `_weight_int4pack_mm_for_cpu` for int4 with g in 32/64/128/256) where a layer qualifies
-and the kernel matches the reference dequantization at apply time; on the reference CPU they measured
-slower than float32 (benchmarks/quantize.py).
+Execution (kernel="auto", the default): each Linear is prepared once, at apply/load time, for the
+paths in `kernels.py` — ATen's packed `_weight_int8pack_mm` (int8, any group size, per group) and
+`_weight_int4pack_mm_for_cpu` (int4, g in 32/64/128/256) with bf16 (fp16 where fast, fp32) activations,
+tinygemm `_weight_int4pack_mm` on CUDA, a float copy of the dequantized weight, or dequantize-per-call
+(the fallback) — and `kernel_choice.py` times them against the float op on the layer's own shape at each
+of `batches` rows, paired and interleaved, cached by shape, rows, dtype, device and threads. A call uses
+the fastest path measured for the nearest row count; with prefer="speed" a layer is never left slower
+than its float original (a float copy runs it where no integer kernel won), prefer="size" keeps only
+integer weights resident. The record lists each layer's paths, ratios and resident bytes.
+kernel="torch" restricts the choice to the ATen kernels, kernel="dequant" always dequantizes.
 
 Example::
 
@@ -24,22 +29,26 @@ Example::
     from modelscale.techniques.quantize.weight_only import WeightOnlyConfig
     result = apply(model, WeightOnlyConfig(bits=4, group_size=32, symmetric=False))
     print(result.record.summary["ratio"])          # float32 bytes / stored bytes of the quantized layers
+    print(result.record.layers[0]["paths"])        # per batch: chosen path and its measured ratio
     logits = result.model(x)
 """
 
 from __future__ import annotations
 
+import copy
+import math
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from modelscale.core.apply import ApplyContext, ChangeRecord
-from modelscale.core.config import TechniqueConfig, check_choice, param
+from modelscale.core.config import TechniqueConfig, check_choice, check_range, param
 from modelscale.core.errors import ModelscaleError
 from modelscale.core.registry import register
+from modelscale.techniques.quantize import kernel_choice, kernels
 from modelscale.techniques.quantize.common import (
     SCALE_DTYPES,
     QuantizedLayer,
@@ -55,16 +64,17 @@ from modelscale.techniques.quantize.common import (
     unpack_int4,
 )
 from modelscale.techniques.quantize.common import layer_row as _layer_row
+from modelscale.techniques.quantize.kernels import INT4_KERNEL_GROUPS, Path  # noqa: F401 - re-exported
 
-INT4_KERNEL_GROUPS = (32, 64, 128, 256)
+KERNELS = ("auto", "torch", "dequant")
 
 
 @dataclass(kw_only=True)
 class WeightOnlyConfig(TechniqueConfig):
-    """int8/int4 weights with group-wise scales (and zero points), dequantized in the forward."""
+    """int8/int4 weights with group-wise scales (and zero points); each layer runs its fastest measured path."""
 
     type: ClassVar[str] = "weight_only"
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2
 
     bits: int = param(8, "bits per weight: 8 or 4 (int4 is packed two per byte)")
     group_size: int = param(128, "weights sharing one scale along each row; 0 = one group per output channel")
@@ -72,9 +82,16 @@ class WeightOnlyConfig(TechniqueConfig):
     scale_dtype: Literal["float32", "float16", "bfloat16"] = param(
         "float32", "dtype the scales are stored in"
     )
-    kernel: Literal["dequant", "torch"] = param(
-        "dequant", "dequant: dequantize then float op; torch: ATen weight-only CPU kernels where a layer fits"
+    kernel: Literal["auto", "torch", "dequant"] = param(
+        "auto",
+        "auto: fastest measured path per layer and batch; torch: ATen integer kernels only; dequant: dequantize each call",
     )
+    prefer: Literal["speed", "size"] = param(
+        "speed",
+        "speed: never slower than the float layer (may keep a float copy); size: integer weights only",
+    )
+    batches: tuple[int, ...] = param((1, 8, 32), "rows (batch x tokens) each layer's paths are timed at")
+    tune_ms: float = param(150.0, "timing budget per layer shape and batch, in milliseconds")
 
     def validate(self) -> None:
         check_choice("bits", self.bits, (4, 8))
@@ -82,10 +99,27 @@ class WeightOnlyConfig(TechniqueConfig):
             raise ModelscaleError(
                 f"group_size must be 0 (per output channel) or an even number like 32, 64, 128; got {self.group_size}"
             )
+        if not self.batches or any(
+            isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.batches
+        ):
+            raise ModelscaleError(
+                f"batches must be positive row counts like (1, 8, 32); got {self.batches!r}"
+            )
+        check_range("tune_ms", self.tune_ms, 1.0, 60_000.0)
+
+    @classmethod
+    def migrate(cls, data: dict[str, Any], from_version: int) -> dict[str, Any]:
+        # version 1 had kernel dequant (its default) or torch and no choice by measurement: both still mean that
+        return data
 
 
 class WeightOnlyLayer(QuantizedLayer):
-    """Linear/Conv2d with int8 or packed int4 `qweight`, `scale` (out × groups) and maybe `zero_point`."""
+    """Linear/Conv2d with int8 or packed int4 `qweight`, `scale` (out × groups) and maybe `zero_point`.
+
+    `kernel` sets how it runs ("auto", "torch", "dequant"; see the module docstring); reading `kernel`
+    gives what runs: "torch" (an ATen integer kernel at some batch), "float" or "dequant". `choices`
+    lists, per timed batch, the chosen path and its measured ratio against the float op.
+    """
 
     def __init__(
         self,
@@ -96,6 +130,10 @@ class WeightOnlyLayer(QuantizedLayer):
         symmetric: bool,
         scale_dtype: str = "float32",
         kernel: str = "dequant",
+        prefer: str = "speed",
+        batches: tuple[int, ...] = (1, 8, 32),
+        tune_ms: float = 150.0,
+        cache: kernel_choice.ChoiceCache | None = None,
     ) -> None:
         super().__init__(module)
         w2d = module.weight.detach().reshape(self.out_features, -1)
@@ -116,81 +154,285 @@ class WeightOnlyLayer(QuantizedLayer):
         self.register_buffer("scale", scale)
         self.register_buffer("zero_point", zero)  # None (not saved) when symmetric
         self.format = f"int{bits}_{'sym' if symmetric else 'asym'}_g{self.group}"
-        self.kernel = "dequant"
-        self._int4_packed: tuple | None = None  # (key, runtime copy in ATen's layout), never saved
-        if kernel == "torch":
-            self.kernel = "torch" if self.torch_kernel_problem() is None else "dequant"
+        self.prefer, self.batches, self.tune_ms = prefer, tuple(sorted(set(batches))), float(tune_ms)
+        self.cache = cache
+        self.mode = "dequant"
+        self.choices: list[dict[str, Any]] = []
+        self.skipped: dict[str, str] = {}
+        self._layouts: dict[str, kernels.Layout] = {}
+        self._route: list[tuple[int, Path]] = []  # (rows, path), by rows
+        self._bounds: list[float] = []
+        self._device: torch.device | None = None
+        self._fast: tuple | None = None
+        self._quant_error: float | None = None  # ‖x·Ŵᵀ - x·Wᵀ‖ / ‖x·Wᵀ‖ on reference rows, when W was known
+        if kernel != "dequant":
+            self.set_kernel(kernel, float_weight=w2d)
 
     # --- reference path ---------------------------------------------------------------------------
+    def stored_qweight(self) -> torch.Tensor:
+        """The codes in their saved layout (rebuilt from the runtime layout when only that is resident)."""
+        if "qweight" in self._buffers:
+            return self._buffers["qweight"]
+        layout = next(lay for lay in self._layouts.values() if lay.invertible)
+        codes = layout.codes()
+        return codes if self.bits == 8 else pack_int4(codes)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "qweight" and "_layouts" in self.__dict__ and "qweight" not in self._buffers:
+            return self.stored_qweight()
+        return super().__getattr__(name)
+
     def codes(self) -> torch.Tensor:
         """The integer codes (out × in) as int16: signed if symmetric, else in [0, 2^bits - 1]."""
+        stored = self.stored_qweight()
         if self.bits == 8:
-            return self.qweight.to(torch.int16)
-        q = unpack_int4(self.qweight)[:, : self.in_features].to(torch.int16)
+            return stored.to(torch.int16)
+        q = unpack_int4(stored)[:, : self.in_features].to(torch.int16)
         return q - 8 if self.symmetric else q
 
     def dequantize(self) -> torch.Tensor:
+        stored = self.stored_qweight()
         if self.bits == 8:
-            q, zero = self.qweight, self.zero_point
+            q, zero = stored, self.zero_point
         else:  # nibbles; symmetric ones carry an offset of 8
-            q = unpack_int4(self.qweight)[:, : self.in_features]
+            q = unpack_int4(stored)[:, : self.in_features]
             zero = 8 if self.symmetric else self.zero_point
         w = dequantize_groups(q, self.scale, zero, group_size=self.group)
         return w.view(self.geometry["weight_shape"])
 
-    # --- ATen weight-only kernels -----------------------------------------------------------------
-    def torch_kernel_problem(self) -> str | None:
-        """Why the ATen kernel cannot run this layer (None if it can and matches the reference)."""
-        if self.geometry["kind"] != "linear":
-            return "only Linear layers"
-        if self.in_features % self.group:
-            return "in_features is not a multiple of the group size"
-        if self.bits == 8 and not (self.symmetric and self.group == self.in_features):
-            return "int8 kernel needs symmetric codes with one group per output channel (group_size=0)"
-        if self.bits == 8 and not hasattr(torch.ops.aten, "_weight_int8pack_mm"):
-            return "this torch has no _weight_int8pack_mm"
-        if self.bits == 4:
-            if self.group not in INT4_KERNEL_GROUPS:
-                return f"int4 kernel needs group_size in {INT4_KERNEL_GROUPS}"
-            if self.out_features % 16:
-                return "int4 kernel needs out_features divisible by 16"
-            if not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"):
-                return "this torch has no _weight_int4pack_mm_for_cpu"
-        x = torch.randn(3, self.in_features, generator=torch.Generator().manual_seed(0))
-        try:
-            got = self._torch_matmul(x)
-        except (RuntimeError, NotImplementedError) as exc:
-            return f"ATen kernel failed: {str(exc).splitlines()[0][:120]}"
-        finally:
-            self._int4_packed = None
-        want = x @ self.dequantize().view(self.out_features, -1).t()
-        if not torch.allclose(got, want, rtol=1e-3, atol=1e-4 * float(want.abs().max()) + 1e-6):
-            return "ATen kernel disagrees with the reference dequantization"
-        return None
+    # --- choosing and preparing paths ---------------------------------------------------------------
+    @property
+    def kernel(self) -> str:
+        """What runs: "torch" (an ATen integer kernel at some batch), "float" or "dequant"."""
+        if any(p.integer_kernel for _, p in self._route):
+            return "torch"
+        return "float" if any(p.layout == "float" for _, p in self._route) else "dequant"
 
-    def _torch_matmul(self, x2d: torch.Tensor) -> torch.Tensor:
-        if self.bits == 8:
-            return torch.ops.aten._weight_int8pack_mm(x2d, self.qweight, self.scale.view(-1).to(x2d.dtype))
-        # repacked whenever the codes change (a state dict loaded in place bumps the version)
-        key = (self.qweight.data_ptr(), self.qweight._version, x2d.device)
-        if self._int4_packed is None or self._int4_packed[0] != key:
-            codes = (self.codes() + (8 if self.symmetric else 0)).to(torch.int32)
-            self._int4_packed = (key, torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1))
-        s = self.scale.to(torch.float32)
-        z = 8.0 if self.zero_point is None else self.zero_point.to(torch.float32)
-        # ATen computes (q - 8) · s + m per group: with integer zero point z, m = (8 - z) · s.
-        scales_and_zeros = torch.stack((s, (8.0 - z) * s), dim=-1).transpose(0, 1).contiguous()
-        return torch.ops.aten._weight_int4pack_mm_for_cpu(
-            x2d, self._int4_packed[1], self.group, scales_and_zeros.to(x2d.dtype)
+    @kernel.setter
+    def kernel(self, mode: str) -> None:
+        self.set_kernel(mode)
+
+    def torch_kernel_problem(self) -> str | None:
+        """Why no ATen integer kernel can run this layer on its device (None if one can and matches)."""
+        device = self.scale.device
+        paths, skipped = kernels.candidate_paths(self, device)
+        built: dict[str, kernels.Layout] = {}
+        for path in paths:
+            try:
+                layout = built.get(path.layout) or kernels.build_layout(self, path.layout, device)
+            except (RuntimeError, NotImplementedError) as exc:
+                skipped[path.name] = f"ATen refused the layer: {str(exc).splitlines()[0][:120]}"
+                continue
+            built[path.layout] = layout
+            problem = kernels.check_path(self, path, layout)
+            if problem is None:
+                return None
+            skipped[path.name] = problem
+        return "; ".join(f"{k}: {v}" for k, v in skipped.items()) or "no ATen kernel for this layer"
+
+    def set_kernel(self, mode: str, *, float_weight: torch.Tensor | None = None) -> None:
+        """Choose this layer's path per batch by measurement (mode auto/torch) or dequantize (dequant)."""
+        check_choice("kernel", mode, KERNELS)
+        self._materialize()
+        self.mode, self.choices, self.skipped = mode, [], {}
+        self._layouts, self._route, self._device = {}, [], self.scale.device
+        if mode == "dequant":
+            self._set_route([(b, kernels.DEQUANT) for b in self.batches[:1]])
+            return
+        device = self._device
+        options, layouts = self._usable_paths(device, float_weight)
+        if mode == "auto" and self.prefer == "speed":
+            options.append(kernels.FLOAT)
+            layouts["float"] = kernels.build_layout(self, "float", device)
+        if mode == "auto" or not options:
+            options.append(kernels.DEQUANT)
+        if self.geometry["kind"] != "linear":  # no integer kernel, no input shape to time: nothing to measure
+            path = options[0]
+            self.choices = [{"batch": None, "path": path.name, "ratio": None,
+                             "note": "not timed: a Conv2d has no integer kernel here"}]  # fmt: skip
+            self._keep([(b, path) for b in self.batches[:1]], layouts)
+            return
+        route = []
+        dropped: dict[str, float] = {}
+        for batch in self.batches:
+            timed = [p for p in options if p.name not in dropped]
+            timings = self._measure(batch, timed, layouts, device)
+            best = self._pick(timings, [p.name for p in timed])
+            path = next(p for p in timed if p.name == best)
+            for name, t in timings.items():
+                if t.ratio * kernel_choice.SLOW_FACTOR < 1 and name not in (best, "float"):
+                    dropped[name] = t.ratio  # far slower than float here: not timed at larger batches
+            choice = {"batch": batch, "path": best, **timings[best].to_dict(),
+                      "alternatives": {n: round(t.ratio, 4) for n, t in timings.items() if n != best}}  # fmt: skip
+            if dropped:
+                choice["not_timed"] = sorted(n for n in dropped if n not in timings)
+            self.choices.append(choice)
+            route.append((batch, path))
+        self._keep(route, layouts)
+
+    def _pick(self, timings: dict[str, kernel_choice.Timing], names: list[str]) -> str:
+        """speed: the fastest integer path if it measured at least as fast as the float original, else the
+        float copy; size (no "float" among `names`): the fastest quantized path."""
+        if "float" not in names:
+            return kernel_choice.fastest(timings, names)
+        integer = kernel_choice.fastest(timings, [n for n in names if n.startswith("int")])
+        return integer if integer is not None and timings[integer].ratio >= 1.0 else "float"
+
+    def _usable_paths(
+        self, device: torch.device, float_weight: torch.Tensor | None
+    ) -> tuple[list[Path], dict[str, kernels.Layout]]:
+        paths, self.skipped = kernels.candidate_paths(self, device)
+        if float_weight is not None and paths:
+            x = kernels.reference_rows(self.in_features, device)
+            want = x @ float_weight.to(device, torch.float32).t()
+            got = x @ self.dequantize().to(device, torch.float32).view(self.out_features, -1).t()
+            self._quant_error = kernels.relative_error(got, want)
+        quant_error = self._quant_error
+        layouts: dict[str, kernels.Layout] = {}
+        usable = []
+        reference = kernels.reference_output(self, device) if paths else None
+        for path in paths:
+            if path.layout not in layouts:
+                try:
+                    layouts[path.layout] = kernels.build_layout(self, path.layout, device)
+                except (RuntimeError, NotImplementedError) as exc:
+                    self.skipped[path.name] = f"ATen refused the layer: {str(exc).splitlines()[0][:120]}"
+                    continue
+            problem = kernels.check_path(
+                self, path, layouts[path.layout], quant_error=quant_error, reference=reference
+            )
+            if problem is None:
+                usable.append(path)
+            else:
+                self.skipped[path.name] = problem
+        return usable, layouts
+
+    def _measure(self, batch: int, paths: list[Path], layouts: dict, device: torch.device) -> dict:
+        cache = kernel_choice.PROCESS_CACHE if self.cache is None else self.cache
+        what = (self.format, *(p.name for p in paths))
+        key = kernel_choice.cache_key(
+            what, (self.out_features, self.in_features), batch, self.weight_dtype, device
         )
+        found = cache.get(key)
+        if found is not None:
+            return found
+        x = torch.randn(batch, self.in_features, generator=torch.Generator().manual_seed(batch))
+        x = x.to(device, self.weight_dtype)
+        reference = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
+        reference = reference.to(device, self.weight_dtype).requires_grad_(False)
+        reference.weight.copy_(self.dequantize().view(self.out_features, -1))
+        if self.bias is not None:
+            reference.bias.copy_(self.bias)
+        fns = {}
+        for path in paths:  # a shallow copy per path shares every tensor and runs the real forward
+            probe = copy.copy(self)
+            probe._layouts, probe._device = layouts, device
+            probe._set_route([(batch, path)])
+            fns[path.name] = lambda probe=probe: probe(x)
+        # the float original is an nn.Linear call, Python overhead included, like this layer's
+        timings = kernel_choice.time_paths(lambda: reference(x), fns,
+                                           budget_s=self.tune_ms / 1e3, device=device, keep=["float"])  # fmt: skip
+        cache.put(key, timings)
+        return timings
+
+    def _keep(self, route: list[tuple[int, Path]], layouts: dict[str, kernels.Layout]) -> None:
+        used = {p.layout for _, p in route}
+        self._layouts = {k: v for k, v in layouts.items() if k in used}
+        for lay in self._layouts.values():
+            lay.keep_dtypes({p.dtype for _, p in route if p.layout == lay.kind})
+        self._set_route(route)
+        integer = [self._layouts[k] for k in used if k.startswith("int")]
+        if integer and all(lay.invertible for lay in integer) and "canonical" not in used:
+            del self._buffers["qweight"]  # one copy resident: the kernel's layout gives the codes back
+
+    def _set_route(self, route: list[tuple[int, Path]]) -> None:
+        self._route = sorted(route, key=lambda r: r[0])
+        self._bounds = [math.sqrt(a * b) for (a, _), (b, _) in zip(self._route, self._route[1:])]
+        paths = {p for _, p in self._route}
+        self._fast = None
+        if len(paths) == 1 and (path := paths.pop()).layout in self._layouts:
+            self._fast = (self._device, path, self._layouts[path.layout], self.bias)
+
+    def _materialize(self) -> None:
+        """Put the codes back into the `qweight` buffer (before loading, moving or re-choosing)."""
+        if "qweight" not in self._buffers:
+            self._buffers["qweight"] = self.stored_qweight()
+
+    def _rebuild(self) -> None:
+        """Rebuild the runtime layouts from the (new) codes, keeping the chosen paths."""
+        route, device = list(self._route), self._device
+        layouts = {
+            p.layout: kernels.build_layout(self, p.layout, device)
+            for _, p in route
+            if p.layout != "canonical"
+        }
+        self._keep(route, layouts)
+
+    # --- nn.Module hooks: the saved layout is always `qweight` --------------------------------------
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if "qweight" not in self._buffers:
+            destination[prefix + "qweight"] = self.stored_qweight()
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        self._materialize()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if self._route:
+            self._rebuild()
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        self._materialize()
+        self._layouts = {}
+        out = super()._apply(fn, *args, **kwargs)
+        self.set_kernel(self.mode)  # re-chosen on the new device (from the cache when it is the same)
+        return out
+
+    def storage_bytes(self) -> int:
+        """Bytes of what is saved (codes in their saved layout, scales, zero points, bias)."""
+        return sum(t.numel() * t.element_size() for t in self.state_dict().values())
+
+    def resident_bytes(self) -> int:
+        """Bytes this layer keeps in memory now: saved buffers still resident plus runtime layouts."""
+        tensors = [t for t in self._buffers.values() if t is not None] + list(self.parameters(recurse=False))
+        seen = {id(t) for t in tensors}
+        extra = [
+            t
+            for lay in self._layouts.values()
+            for t in kernels._flat_tensors(lay.tensors)
+            if id(t) not in seen
+        ]
+        uniq = {id(t): t for t in tensors + extra}
+        return sum(t.numel() * t.element_size() for t in uniq.values())
+
+    # --- forward ------------------------------------------------------------------------------------
+    def _path_for(self, x: torch.Tensor) -> Path | None:
+        if x.device != self._device or not self._route:
+            return None
+        rows = x.numel() // self.in_features
+        for (_, path), bound in zip(self._route, self._bounds):
+            if rows <= bound:
+                return path
+        return self._route[-1][1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kernel == "torch" and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16):
+        fast = self._fast  # (device, path, layout, bias) when one path serves every batch
+        if fast is not None and x.device == fast[0]:
+            path, layout, bias = fast[1], fast[2], fast[3]
+        else:
+            path = self._path_for(x)
+            layout = None if path is None else self._layouts.get(path.layout)
+            bias = self.bias
+        if layout is not None and path.layout == "float":
+            weight = layout.tensors["weight"]
+            if x.dtype == weight.dtype and self.geometry["kind"] == "linear":
+                return F.linear(x, weight, bias)
+            return self.float_forward(x, weight.to(x.dtype))
+        if layout is not None and x.is_floating_point():
             lead = x.shape[:-1]
-            y = self._torch_matmul(x.reshape(-1, self.in_features).contiguous())
-            if self.bias is not None:
-                y = y + self.bias.to(y.dtype)
-            return y.reshape(*lead, self.out_features)
+            y = layout.run(x.reshape(-1, self.in_features).contiguous(), path.dtype).to(x.dtype)
+            if bias is not None:
+                y += bias.to(x.dtype)
+            return y.view(*lead, self.out_features)
         return self.float_forward(x, self.dequantize().to(x.dtype))
 
     def extra_repr(self) -> str:
@@ -205,6 +447,9 @@ def _layer(module: nn.Module, config: WeightOnlyConfig, name: str) -> WeightOnly
         symmetric=config.for_layer(name, "symmetric"),
         scale_dtype=config.for_layer(name, "scale_dtype"),
         kernel=config.for_layer(name, "kernel"),
+        prefer=config.for_layer(name, "prefer"),
+        batches=config.for_layer(name, "batches"),
+        tune_ms=config.for_layer(name, "tune_ms"),
     )
 
 
@@ -212,9 +457,16 @@ def _restore(model: nn.Module, config: WeightOnlyConfig, record: ChangeRecord) -
     restore_layers(model, record, lambda module, row: _layer(module, config, row["name"]))
 
 
+def layer_record(name: str, layer: WeightOnlyLayer) -> dict[str, Any]:
+    """The record row of one layer: format and bytes, the chosen path per batch with its measured ratio."""
+    return _layer_row(name, layer, bits=layer.bits, group=layer.group, kernel=layer.kernel,
+                      paths=layer.choices, resident_bytes=layer.resident_bytes(),
+                      **({"not_usable": dict(layer.skipped)} if layer.skipped else {}))  # fmt: skip
+
+
 @register(WeightOnlyConfig, restore=_restore, strength="bits", trainable=False)
 def weight_only(model: nn.Module, config: WeightOnlyConfig, ctx: ApplyContext) -> ChangeRecord:
-    """Weight-only int8/int4 with group-wise scales; the forward dequantizes (or uses ATen kernels)."""
+    """Weight-only int8/int4 with group-wise scales; each layer runs its fastest measured path."""
     chosen, notes = select_layers(model, config.target)
     rows = []
     with torch.no_grad():
@@ -225,17 +477,25 @@ def weight_only(model: nn.Module, config: WeightOnlyConfig, ctx: ApplyContext) -
                 notes.append(f"{name}: ATen kernel not used ({layer.torch_kernel_problem()}); dequantizes")
             if parent_reads_weight(model, name):
                 notes.append(f"{name}: its MultiheadAttention reads .weight directly (dequantized weight)")
-            rows.append(_layer_row(name, layer, bits=layer.bits, group=layer.group, kernel=layer.kernel))
-    kernels = sorted({r["kernel"] for r in rows})
-    if "dequant" in kernels:
-        notes.insert(0, "storage only: weights are dequantized to float on every call (smaller, not faster)")
-    if "torch" in kernels:
-        notes.insert(0, "ATen weight-only CPU kernels used where layers fit (checked against the reference)")
+            rows.append(layer_record(name, layer))
+    paths = sorted({c["path"] for r in rows for c in r["paths"]} or {"dequant"})
+    if "dequant" in paths:
+        notes.insert(
+            0, "fallback path 'dequant': weights are dequantized to float on every call (smaller, not faster)"
+        )
+    if "float" in paths:
+        notes.insert(0, "path 'float': where no integer kernel beat the float op, a float copy of the dequantized "
+                        "weight runs it (prefer='speed'; see resident_bytes; prefer='size' keeps integers only)")  # fmt: skip
+    if any(p.startswith("int") for p in paths):
+        notes.insert(
+            0, "ATen integer kernels chosen by paired timing per layer shape and batch (layers[*].paths)"
+        )
+    resident = sum(r["resident_bytes"] for r in rows)
     return ChangeRecord(
         technique=config.type,
         config=config.to_dict(),
         layers=rows,
-        summary={**size_summary(rows), "kernel": "/".join(kernels)},
+        summary={**size_summary(rows), "kernel": "/".join(paths), "resident_bytes": resident},
         notes=notes,
         state={},
     )

@@ -1,0 +1,162 @@
+"""Kernel choice by measurement: time each execution path of a layer against its float op, pick the fastest.
+
+For one layer shape and one row count (batch × tokens) every candidate path and the float reference
+run interleaved — round r times them in a rotated order, so drift and load hit all alike — and each
+round gives a paired ratio  ratio_r = t_float,r / t_path,r  (> 1: the path is faster). A path's figure
+is the median of its ratios (with the 25th-75th percentile as spread) after one warm-up call each,
+for as many rounds as fit the time budget (at least 5). A path whose better of two first calls is over 2× slower
+than the float op's (and takes over 1 ms) is not timed further: that one ratio stands.
+
+Measurements are cached per process by (what is timed, shape, rows, dtype, device, threads), so a model
+with 32 identical blocks times each shape once; `ChoiceCache.clear()` forgets them.
+
+Example::
+
+    timings = time_paths(lambda: F.linear(x, w), {"int8_mm_bf16": lambda: layer_fn(x)}, budget_s=0.04)
+    timings["int8_mm_bf16"].ratio              # float ms / path ms, paired median
+    best = fastest(timings, allowed=["int8_mm_bf16", "dequant"])
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+SLOW_FACTOR = 2.0  # a path this much slower than float on its first call is timed no further
+SLOW_MS = 1.0
+
+
+@dataclass(frozen=True)
+class Timing:
+    """A path's paired timing against the float op: medians (ms) and the median ratio with its IQR."""
+
+    ms: float
+    float_ms: float
+    ratio: float  # float ms / path ms (median of paired rounds); > 1 = faster than float
+    ratio_q1: float
+    ratio_q3: float
+    rounds: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
+
+
+class ChoiceCache:
+    """Measured timings keyed by (key parts); one per process unless a caller passes its own."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple, dict[str, Timing]] = {}
+
+    def get(self, key: tuple) -> dict[str, Timing] | None:
+        return self._entries.get(key)
+
+    def put(self, key: tuple, timings: dict[str, Timing]) -> None:
+        self._entries[key] = dict(timings)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+PROCESS_CACHE = ChoiceCache()  # measurements are facts about this process's machine and threads
+
+
+def cache_key(what: Iterable[Any], shape: tuple[int, ...], rows: int, dtype: torch.dtype,
+              device: torch.device) -> tuple:  # fmt: skip
+    return (tuple(what), tuple(shape), int(rows), str(dtype), str(device), torch.get_num_threads())
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_paths(
+    reference: Callable[[], Any],
+    paths: dict[str, Callable[[], Any]],
+    *,
+    budget_s: float,
+    device: torch.device | str = "cpu",
+    min_rounds: int = 5,
+    max_rounds: int = 200,
+    keep: Iterable[str] = (),
+) -> dict[str, Timing]:
+    """Paired, interleaved timings of each of `paths` against `reference` (the float op), in ms.
+
+    Paths named in `keep` are timed every round however slow their first calls were."""
+    keep = set(keep)
+    device = torch.device(device)
+
+    def timed(fn: Callable[[], Any]) -> float:
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        return (time.perf_counter() - start) * 1e3
+
+    names = list(paths)
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    ref: list[float] = []
+    ratios: dict[str, list[float]] = {n: [] for n in names}
+    with torch.inference_mode():
+        reference()
+        for n in names:
+            paths[n]()  # warm-up: first calls allocate and pick kernels
+        t_ref = min(timed(reference), timed(reference))
+        ref.append(t_ref)
+        active = []
+        for n in names:
+            t = min(timed(paths[n]), timed(paths[n]))  # the better of two: one hiccup does not drop a path
+            samples[n].append(t)
+            ratios[n].append(t_ref / t)
+            if n in keep or not (t > SLOW_FACTOR * t_ref and t > SLOW_MS):
+                active.append(n)
+        one_round = (t_ref + sum(samples[n][0] for n in active)) / 1e3
+        rounds = int(max(min_rounds, min(max_rounds, budget_s / max(one_round, 1e-6))))
+        for r in range(1, rounds):
+            order = ["__float__", *active]
+            shift = r % len(order)
+            order = order[shift:] + order[:shift]
+            if r % 2:
+                order.reverse()
+            this: dict[str, float] = {}
+            for n in order:
+                this[n] = timed(reference if n == "__float__" else paths[n])
+            ref.append(this["__float__"])
+            for n in active:
+                samples[n].append(this[n])
+                ratios[n].append(this["__float__"] / this[n])
+    float_ms = statistics.median(ref)
+    out = {}
+    for n in names:
+        q = _quartiles(ratios[n])
+        out[n] = Timing(ms=statistics.median(samples[n]), float_ms=float_ms, ratio=statistics.median(ratios[n]),
+                        ratio_q1=q[0], ratio_q3=q[1], rounds=len(samples[n]))  # fmt: skip
+    return out
+
+
+def _quartiles(values: list[float]) -> tuple[float, float]:
+    if len(values) < 2:
+        return values[0], values[0]
+    q = statistics.quantiles(values, n=4)
+    return q[0], q[2]
+
+
+def fastest(timings: dict[str, Timing], allowed: Iterable[str]) -> str | None:
+    """The allowed path with the highest median ratio (None if none was timed)."""
+    best = [(timings[n].ratio, n) for n in allowed if n in timings]
+    return max(best)[1] if best else None
+
+
+def nearest_batch(rows: int, batches: tuple[int, ...]) -> int:
+    """The measured row count closest to `rows` on a log scale (ties go to the larger)."""
+    target = math.log2(max(rows, 1))
+    return min(batches, key=lambda b: (abs(math.log2(b) - target), -b))

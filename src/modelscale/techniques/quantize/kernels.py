@@ -1,0 +1,311 @@
+"""Execution paths of a weight-only layer: ATen's packed int8/int4 kernels, a cached float weight, dequantize.
+
+A path is a compute recipe for y = x · Ŵᵀ (Ŵ = (q - z) · s, the layer's dequantized weight) plus the
+runtime tensors it reads, prepared once from the layer's codes (its *layout*):
+
+    int8_mm_<dt>      aten._weight_int8pack_mm(x_dt, q_int8, s) per group, summed in float32;
+                      asymmetric codes are shifted to int8 (q - 128) and the zero term is one small
+                      matmul:  y = Σ_g s_g · (q_g - 128)·x_g  -  Σ_k∈g x_k · s_g · (z_g - 128)
+    int4_cpu_<dt>     aten._weight_int4pack_mm_for_cpu(x_dt, packed, g, [s, (8 - z)·s]) (ATen computes
+                      (q - 8)·s + m per group, so an integer zero point z becomes m = (8 - z)·s)
+    int4_cuda_bf16    aten._weight_int4pack_mm (tinygemm) with the same scales-and-zeros, on CUDA
+    float             F.linear / F.conv2d with the dequantized weight kept in float (one float copy)
+    dequant           dequantize on every call, then the float op (the fallback; no runtime tensors)
+
+`<dt>` is the activation dtype the kernel computes in (bf16, fp16, fp32); outputs are cast back to the
+input's dtype. Every kernel is feature-detected (the ops and their signatures changed across torch
+versions) and checked against the float32 reference on the layer's own codes before it may be chosen
+(`check_path`); a layout that can give the codes back exactly (`Layout.codes`) lets the layer drop its
+canonical copy, so one copy of the weights stays resident.
+
+Example::
+
+    paths, skipped = candidate_paths(layer, torch.device("cpu"))
+    layout = build_layout(layer, paths[0].layout, torch.device("cpu"))
+    problem = check_path(layer, paths[0], layout)        # None: agrees with the reference
+    y = layout.run(x.reshape(-1, layer.in_features), paths[0].dtype)
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+INT4_KERNEL_GROUPS = (32, 64, 128, 256)
+DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+_CPU_INT4_BLOCK_N = 64  # rows per block of ATen's AVX512 int4 CPU layout (checked, never assumed)
+
+
+@dataclass(frozen=True)
+class Path:
+    """One way to compute the layer: `layout` names the runtime tensors, `dtype` the activation dtype."""
+
+    name: str
+    layout: str  # "int8", "int4_cpu", "int4_cuda", "float" or "canonical" (dequant)
+    dtype: torch.dtype | None = None
+
+    @property
+    def integer_kernel(self) -> bool:
+        return self.layout.startswith("int")
+
+
+DEQUANT = Path("dequant", "canonical")
+FLOAT = Path("float", "float")
+
+
+@dataclass
+class Layout:
+    """Runtime tensors of one layout, prepared once; `run(x2d, dtype)` returns float32 (rows × out)."""
+
+    kind: str
+    tensors: dict[str, Any] = field(default_factory=dict)
+    group: int = 0
+    invertible: bool = False  # `codes()` gives the layer's codes back exactly
+
+    def nbytes(self) -> int:
+        seen, total = set(), 0
+        for t in _flat_tensors(self.tensors):
+            if id(t) not in seen:
+                seen.add(id(t))
+                total += t.numel() * t.element_size()
+        return total
+
+    def run(self, x2d: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        t = self.tensors
+        if self.kind == "int8":
+            return _int8_run(t, x2d, dtype)
+        if self.kind == "int4_cpu":
+            sz = t["scales_and_zeros"][dtype]
+            return torch.ops.aten._weight_int4pack_mm_for_cpu(x2d.to(dtype), t["packed"], self.group, sz)
+        if self.kind == "int4_cuda":
+            sz = t["scales_and_zeros"][dtype]
+            return torch.ops.aten._weight_int4pack_mm(x2d.to(dtype), t["packed"], self.group, sz)
+        raise ValueError(f"layout {self.kind} has no integer run")  # float layouts run in the layer
+
+    def keep_dtypes(self, dtypes: set) -> None:
+        """Drop the per-dtype scales no chosen path reads."""
+        for name in ("scales", "scales_and_zeros"):
+            if name in self.tensors:
+                self.tensors[name] = {dt: v for dt, v in self.tensors[name].items() if dt in dtypes}
+
+    def codes(self) -> torch.Tensor:
+        """The codes as stored in the layer's canonical form: int8/uint8 (out × in) or int4 nibbles (uint8)."""
+        t = self.tensors
+        if self.kind == "int8":
+            w = t["weight"]
+            w = w.transpose(0, 1).reshape(w.shape[1], -1) if w.dim() == 3 else w
+            return (w.to(torch.int16) + 128).to(torch.uint8) if t["asymmetric"] else w
+        if self.kind == "int4_cpu" and self.invertible:
+            return unpack_cpu_int4_layout(t["packed"])
+        raise ValueError(f"layout {self.kind} cannot give its codes back")
+
+
+def _flat_tensors(obj: Any):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _flat_tensors(v)
+
+
+# --- feature detection ------------------------------------------------------------------------------
+def _has_op(name: str) -> bool:
+    return hasattr(torch.ops.aten, name)
+
+
+@functools.cache
+def fast_cpu_float16() -> bool:
+    """Whether this CPU has native float16 arithmetic (AVX512-FP16 or AMX-FP16); else fp16 runs emulated."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            flags = next((ln.split(":", 1)[1].split() for ln in fh if ln.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_fp16" in flags or "amx_fp16" in flags
+
+
+def activation_dtypes(device: torch.device, weight_dtype: torch.dtype) -> list[torch.dtype]:
+    """Activation dtypes worth trying: bf16 everywhere; fp16 where fast (CUDA, fp16 CPUs, fp16 models); fp32."""
+    dtypes = [torch.bfloat16]
+    if device.type == "cuda" or fast_cpu_float16() or weight_dtype == torch.float16:
+        dtypes.append(torch.float16)
+    dtypes.append(torch.float32)
+    return dtypes
+
+
+def candidate_paths(layer: Any, device: torch.device) -> tuple[list[Path], dict[str, str]]:
+    """Integer-kernel paths that may run `layer` on `device`, and why the others cannot (family → reason)."""
+    paths: list[Path] = []
+    skipped: dict[str, str] = {}
+    if layer.geometry["kind"] != "linear":
+        return paths, {"integer kernels": "only Linear layers have integer kernels"}
+    k, n, g = layer.in_features, layer.out_features, layer.group
+    if k % g:
+        return paths, {"integer kernels": f"in_features {k} is not a multiple of the group size {g}"}
+    dtypes = activation_dtypes(device, layer.weight_dtype)
+    if layer.bits == 8:
+        if not _has_op("_weight_int8pack_mm"):
+            skipped["int8_mm"] = "this torch has no aten._weight_int8pack_mm"
+        else:
+            paths += [Path(f"int8_mm_{DTYPE_NAMES[dt]}", "int8", dt) for dt in dtypes]
+        return paths, skipped
+    if g not in INT4_KERNEL_GROUPS:
+        return paths, {"int4 kernels": f"int4 kernels need group_size in {INT4_KERNEL_GROUPS}, not {g}"}
+    if device.type == "cpu":
+        if not (_has_op("_weight_int4pack_mm_for_cpu") and _has_op("_convert_weight_to_int4pack_for_cpu")):
+            skipped["int4_cpu"] = "this torch has no aten._weight_int4pack_mm_for_cpu"
+        elif n % 16:
+            skipped["int4_cpu"] = f"the int4 CPU kernel needs out_features divisible by 16, not {n}"
+        else:
+            paths += [Path(f"int4_cpu_{DTYPE_NAMES[dt]}", "int4_cpu", dt) for dt in dtypes]
+    elif device.type == "cuda":
+        if not (_has_op("_weight_int4pack_mm") and _has_op("_convert_weight_to_int4pack")):
+            skipped["int4_cuda"] = "this torch has no aten._weight_int4pack_mm"
+        elif n % 8 or k % 32:
+            skipped["int4_cuda"] = "tinygemm needs out_features % 8 == 0 and in_features % 32 == 0"
+        else:
+            paths.append(Path("int4_cuda_bf16", "int4_cuda", torch.bfloat16))
+    else:
+        skipped["int4"] = f"no int4 kernel on {device.type}"
+    return paths, skipped
+
+
+# --- building layouts -------------------------------------------------------------------------------
+def build_layout(layer: Any, kind: str, device: torch.device) -> Layout:
+    """Runtime tensors of layout `kind` from `layer`'s codes and scales (raises RuntimeError if ATen refuses)."""
+    codes, scale, zero = layer.codes(), layer.scale.to(device, torch.float32), layer.zero_point
+    zero = None if zero is None else zero.to(device, torch.float32)
+    n, k, g = layer.out_features, layer.in_features, layer.group
+    groups = k // g
+    if kind == "int8":
+        asymmetric = not layer.symmetric
+        w = (codes - 128 if asymmetric else codes).to(device, torch.int8)
+        if groups > 1:  # one contiguous (out × g) block per group
+            w = w.view(n, groups, g).transpose(0, 1).contiguous()
+        elif not asymmetric and layer.qweight is not None and layer.qweight.device == device:
+            w = layer.qweight  # the stored int8 codes themselves: no second copy
+        scales = {dt: scale.t().contiguous().to(dt) for dt in (torch.bfloat16, torch.float16, torch.float32)}
+        t: dict[str, Any] = {"weight": w, "scales": scales, "asymmetric": asymmetric, "groups": groups}
+        if asymmetric:
+            t["zero_term"] = (scale * (zero - 128.0)).t().contiguous()  # groups × out, float32
+        return Layout("int8", t, group=g, invertible=True)
+    if kind in ("int4_cpu", "int4_cuda"):
+        nibbles = (codes + 8 if layer.symmetric else codes).to(device)
+        z = 8.0 if zero is None else zero
+        sz = torch.stack((scale, (8.0 - z) * scale), dim=-1).transpose(0, 1).contiguous()  # groups × out × 2
+        if kind == "int4_cpu":
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(nibbles.to(torch.int32), 1)
+            own = pack_cpu_int4_layout(nibbles.to(torch.uint8))
+            invertible = own is not None and own.shape == packed.shape and torch.equal(own, packed)
+            dtypes = (torch.bfloat16, torch.float16, torch.float32)
+        else:
+            packed = _convert_int4_cuda(nibbles.to(torch.uint8), k)
+            invertible, dtypes = False, (torch.bfloat16,)
+        t = {"packed": packed, "scales_and_zeros": {dt: sz.to(dt) for dt in dtypes}}
+        return Layout(kind, t, group=g, invertible=invertible)
+    if kind == "float":
+        return Layout("float", {"weight": layer.dequantize().to(device, layer.weight_dtype)})
+    raise ValueError(f"unknown layout {kind!r}")
+
+
+def _convert_int4_cuda(nibbles: torch.Tensor, k: int) -> torch.Tensor:
+    """tinygemm's layout: torch >= 2.5 takes uint8 (out × in/2, even column in the high nibble)."""
+    packed_in = (nibbles[:, ::2] << 4 | nibbles[:, 1::2]).to(torch.uint8)
+    last: Exception | None = None
+    for inner_k_tiles in (8, 4, 2):
+        if k % (inner_k_tiles * 16):
+            continue
+        try:
+            return torch.ops.aten._convert_weight_to_int4pack(packed_in, inner_k_tiles)
+        except (RuntimeError, NotImplementedError) as exc:
+            last = exc
+    raise RuntimeError(f"tinygemm refused this layer: {last}")
+
+
+def _int8_run(t: dict[str, Any], x2d: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    w, s, groups = t["weight"], t["scales"][dtype], t["groups"]
+    xd = x2d.to(dtype)
+    mm = torch.ops.aten._weight_int8pack_mm
+    if groups == 1:
+        y = mm(xd, w, s[0]).to(torch.float32)
+    else:
+        g = w.shape[2]
+        xg = xd.view(xd.shape[0], groups, g)
+        y = mm(xg[:, 0], w[0], s[0]).to(torch.float32)
+        for i in range(1, groups):
+            y += mm(xg[:, i], w[i], s[i])
+    if t["asymmetric"]:
+        sums = x2d.to(torch.float32).view(x2d.shape[0], groups, -1).sum(-1)  # rows × groups
+        y -= sums @ t["zero_term"]
+    return y
+
+
+# --- ATen's CPU int4 layout -------------------------------------------------------------------------
+def pack_cpu_int4_layout(nibbles: torch.Tensor) -> torch.Tensor | None:
+    """Our reading of ATen's AVX512 int4 CPU layout (None where it does not apply); callers compare it
+    with ATen's own packing before relying on it. Rows come in blocks of 64; within a block, byte
+    (k, j) holds row j of column k in its low nibble and row j + 32 in its high nibble."""
+    n, k = nibbles.shape
+    if n % _CPU_INT4_BLOCK_N or k % 2:
+        return None
+    half = _CPU_INT4_BLOCK_N // 2
+    b = nibbles.view(n // _CPU_INT4_BLOCK_N, 2, half, k)
+    return (b[:, 0] | (b[:, 1] << 4)).transpose(1, 2).contiguous().view(n, k // 2)
+
+
+def unpack_cpu_int4_layout(packed: torch.Tensor) -> torch.Tensor:
+    """Inverse of `pack_cpu_int4_layout`: nibbles (out × in, uint8 in [0, 15])."""
+    n, half_k = packed.shape
+    k, half = 2 * half_k, _CPU_INT4_BLOCK_N // 2
+    b = packed.view(n // _CPU_INT4_BLOCK_N, k, half).transpose(1, 2)
+    return torch.stack((b & 0x0F, b >> 4), dim=1).reshape(n, k)
+
+
+# --- checking a path against the reference ------------------------------------------------------------
+def reference_rows(k: int, device: torch.device, rows: int = 4) -> torch.Tensor:
+    return torch.randn(rows, k, generator=torch.Generator().manual_seed(0)).to(device)
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.double() - want.double()).norm() / want.double().norm().clamp(min=1e-30))
+
+
+def reference_output(layer: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(reference rows x, float32 x · Ŵᵀ) for `check_path`."""
+    x = reference_rows(layer.in_features, device)
+    return x, x @ layer.dequantize().to(device, torch.float32).view(layer.out_features, -1).t()
+
+
+def check_path(
+    layer: Any,
+    path: Path,
+    layout: Layout,
+    *,
+    quant_error: float | None = None,
+    reference: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> str | None:
+    """None if `path` computes the layer's reference output within tolerance, else why not.
+
+    Tolerance (relative, Frobenius): 1e-3 for float32 activations; for bf16/fp16 activations the
+    larger of 4e-3 and half the quantization error itself (‖x·Ŵᵀ - x·Wᵀ‖ / ‖x·Wᵀ‖ when the float
+    weight is known), so the kernel adds less error than quantizing did.
+    """
+    x, want = reference if reference is not None else reference_output(layer, _layout_device(layout))
+    try:
+        got = layout.run(x, path.dtype)
+    except (RuntimeError, NotImplementedError, TypeError) as exc:
+        return f"{path.name} failed: {str(exc).strip().splitlines()[0][:120]}"
+    if got.shape != want.shape:
+        return f"{path.name} returned shape {tuple(got.shape)}, expected {tuple(want.shape)}"
+    err = relative_error(got, want)
+    tol = 1e-3 if path.dtype == torch.float32 else max(4e-3, 0.5 * (quant_error or 0.0))
+    if not err <= tol:
+        return f"{path.name} disagrees with the reference (relative error {err:.2g} > {tol:.2g})"
+    return None
+
+
+def _layout_device(layout: Layout) -> torch.device:
+    return next(_flat_tensors(layout.tensors)).device
