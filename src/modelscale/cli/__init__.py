@@ -57,6 +57,27 @@ def _allow_pickle(
     )
 
 
+def _nproc(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="train on N local processes (starts torchrun; data-parallel, see --parallel); "
+        "for several machines run torchrun yourself (README)",
+    )
+
+
+def _parallel_finetune(p: argparse.ArgumentParser) -> None:
+    """The fine-tune's parallel options (train takes them from TrainConfig itself)."""
+    g = p.add_argument_group("parallel fine-tuning (with --nproc N or under torchrun)")
+    g.add_argument("--parallel", choices=("ddp", "fsdp"), default="ddp", help="ddp replicas or fsdp shards")
+    g.add_argument("--fsdp-dtype", choices=("fp32", "bf16"), default="fp32", help="fsdp gather/reduce dtype")
+    g.add_argument("--cpu-offload", action="store_true", help="fsdp: shards and optimizer step on the CPU")
+    g.add_argument(
+        "--activation-checkpointing", action="store_true", help="recompute block activations in backward"
+    )
+
+
 def _techniques_epilog() -> str:
     from modelscale.core.registry import get_technique, list_techniques
 
@@ -88,6 +109,7 @@ def build_parser(technique: str | None = None, *, list_techniques: bool = True) 
     _common(p, model_positional=True)
     p.add_argument("--out", required=True, help="folder to save the trained model in")
     p.add_argument("--config", help="a YAML/JSON train config (options given here override it)")
+    _nproc(p)
     from modelscale.cli.options import add_config_options
     from modelscale.train import TrainConfig
 
@@ -125,6 +147,8 @@ def build_parser(technique: str | None = None, *, list_techniques: bool = True) 
         "--calibration-batches", type=int, default=4, help="training batches given to data-driven techniques"
     )
     p.add_argument("--out", help="folder to save the compressed model and report in")
+    _nproc(p)
+    _parallel_finetune(p)
     p.add_argument(
         "--storage",
         choices=("dense", "sparse"),
@@ -319,6 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser(_technique_from_argv(argv), list_techniques=argv[:1] == ["compress"])
         args = parser.parse_args(argv)
+        args.argv = argv  # for --nproc, which relaunches the same command under torchrun
         from modelscale.cli import commands
 
         result = getattr(commands, "cmd_" + args.command.replace("-", "_"))(args)

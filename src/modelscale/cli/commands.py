@@ -8,6 +8,7 @@ three-step run (technique, optional distillation or fine-tune) of the same engin
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -78,18 +79,39 @@ def _train_config(args: argparse.Namespace):
     return config_from_args(TrainConfig, args, base)
 
 
+def _relaunched(args: argparse.Namespace) -> bool:
+    """`--nproc N` (N > 1) outside torchrun: run this same command on N local ranks, then stop here."""
+    from modelscale.train.launch import is_rank_process, launch
+
+    if args.nproc < 1:
+        raise ModelscaleError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.nproc == 1 or is_rank_process():
+        return False
+    code = launch(getattr(args, "argv", sys.argv[1:]), args.nproc)
+    if code:
+        raise SystemExit(code)
+    return True
+
+
 def cmd_train(args: argparse.Namespace):
     from modelscale.engine import BaselineStep, Step, run_step
     from modelscale.models.loading import save_model_dir
     from modelscale.train import evaluate
+    from modelscale.train.launch import finish_rank, is_main_rank
 
     config = _train_config(args)
+    if _relaunched(args):
+        return None
     session = _session(args, need_data=True)
     outcome = run_step(session, Step(0, "train", "baseline", BaselineStep(train=config)))
+    if not is_main_rank():  # under torchrun rank 0 evaluates, saves and reports
+        finish_rank()
+        return None
     metrics = evaluate(session.model, session.data.test, task=session.task)
     out = save_model_dir(
         args.out, session.bundle, meta={"data": args.data, "train": config.to_dict(), "test": metrics}
     )
+    finish_rank()
     name = session.bundle.spec.get("name")
     lines = [f"trained {name} on {args.data}: " + _fmt_metrics(metrics), f"saved to {out}"]
     return "\n".join(lines), {"test": metrics, "out": str(out), "train": outcome.summary["train"]}
@@ -116,7 +138,15 @@ def compress_steps(args: argparse.Namespace, config: Any) -> list[Any]:
     if args.distill_from and not args.finetune_epochs:
         raise ModelscaleError("--distill-from needs --finetune-epochs N (the epochs of distillation)")
     if args.finetune_epochs:
-        train = TrainConfig(epochs=args.finetune_epochs, lr=args.finetune_lr, seed=args.seed)
+        train = TrainConfig(
+            epochs=args.finetune_epochs,
+            lr=args.finetune_lr,
+            seed=args.seed,
+            parallel=getattr(args, "parallel", "ddp"),
+            fsdp_dtype=getattr(args, "fsdp_dtype", "fp32"),
+            cpu_offload=getattr(args, "cpu_offload", False),
+            activation_checkpointing=getattr(args, "activation_checkpointing", False),
+        )
         if args.distill_from:
             from modelscale.engine import DistillStep
             from modelscale.techniques.distill import DistillConfig
@@ -146,10 +176,17 @@ def cmd_compress(args: argparse.Namespace):
     if args.finetune_epochs and not args.data:
         raise ModelscaleError("--finetune-epochs needs --data to train on")
     steps = compress_steps(args, config)
+    if _relaunched(args):
+        return None
     session = _session(args)
     base = copy.deepcopy(session.model)
     x = session.example_inputs()
     outcomes = run_steps(session, steps)
+    from modelscale.train.launch import finish_rank, is_main_rank
+
+    finish_rank()  # under torchrun: every rank fine-tuned; rank 0 compares, saves and reports
+    if not is_main_rank():
+        return None
     record = session.bundle.records[-1]
     cmp = compare(base, session.model, x, loader=session.test_loader(), storage=args.storage)
     file_info = None

@@ -2,7 +2,7 @@
 
 Every field of a `Config` becomes `--field-name VALUE` (help text from the field's `param(..., "why")`).
 Values are read as YAML scalars/lists, so `--amount 0.5`, `--scope global`, `--sizes [1,2]` and
-`--grad-clip null` all work. The nested `target` of technique configs gets `--types`, `--include`,
+`--grad-clip null` all work; a bool field also works as a bare flag (`--resume`). The nested `target` of technique configs gets `--types`, `--include`,
 `--exclude` (comma-separated) and `--override 'glob:field=value'`.
 """
 
@@ -39,6 +39,7 @@ def add_config_options(parser: argparse.ArgumentParser, config_cls: type[Config]
             continue  # a common option of the command (e.g. --seed) already sets this field
         shown = getattr(hint, "__name__", str(hint)).replace("typing.", "")
         aliases = [option_name(a) for a, n in field_aliases(config_cls).items() if n == name]
+        flag = {"nargs": "?", "const": "true"} if hint is bool else {}  # `--resume` = `--resume true`
         group.add_argument(
             option_name(name),
             *aliases,
@@ -46,6 +47,7 @@ def add_config_options(parser: argparse.ArgumentParser, config_cls: type[Config]
             default=None,
             metavar=shown.upper()[:12],
             help=f"{help_text} (default: {default!r})",
+            **flag,
         )
 
 
