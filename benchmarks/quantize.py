@@ -1,13 +1,21 @@
 #!/usr/bin/env python3
 """Quantization on CPU: measured latency ratio next to the theoretical bytes ratio, file sizes, accuracy.
 
-Two tables, in one run (about 3 minutes on 2 busy cores):
+Four tables, in one run (about 8 minutes on 2 busy cores):
 
 1. kernels — one Linear layer (K -> N) at batch 1 and 32: float32 against each forward path this
    package has (dynamic int8 through torch._int_mm or simulated, weight-only int8/int4 dequantized or
    through ATen's _weight_int8pack_mm / _weight_int4pack_mm_for_cpu, bfloat16) and torchao's
    Int8DynamicActivationInt8WeightConfig when torchao is installed.
-2. models — the zoo mlp and cnn (width 0.5) trained briefly on digits, torchvision:resnet18 at 3x32x32 (conv layers
+2. small — 256 -> 1024 at batch 1/8/32: the path weight_only chooses (default config, and int4 g32)
+   against float32; issue 15 wants it never slower.
+3. llm — LLM-sized layers (4096 -> 4096, 4096 -> 11008) at batch 1/8/32, memory-bound at small batch:
+   float32 against weight_only int8 (per channel, g128) and int4 (g128, g32 asymmetric) with the path
+   each chose, bfloat16, and torchao's Int8WeightOnlyConfig when installed; achieved GB/s (bytes of
+   weights read / time) next to a single-thread read bandwidth measured in the same run. Each call
+   uses the next of several copies of the layer (copies x bytes >= 2x L3), so weights come from memory
+   as in a decoder, not from the cache. Issue 15's acceptance is evaluated at the end.
+4. models — the zoo mlp and cnn (width 0.5) trained briefly on digits, torchvision:resnet18 at 3x32x32 (conv layers
    only) and a BERT-mini-sized encoder (hf:tiny-bert 4 layers, d=256, seq 128; a torch
    TransformerEncoder of that size without transformers): float32 against each technique at batch 1
    and 32, with the layers each one touched, the bytes ratio (float32 / stored, whole model), the
@@ -20,7 +28,8 @@ repeats (at least 5). speedup = float32 ms / quantized ms (> 1: quantized is fas
 Usage, from the repository root::
 
     .venv/bin/python benchmarks/quantize.py                    # writes benchmarks/results/quantize_cpu.json
-    .venv/bin/python benchmarks/quantize.py --quick --json /tmp/q.json   # smoke test (~1 minute)
+    .venv/bin/python benchmarks/quantize.py --quick --json /tmp/q.json   # smoke test (~2 minutes)
+    .venv/bin/python benchmarks/quantize.py --tables small,llm --json /tmp/llm.json  # issue 15's tables only
 """
 
 from __future__ import annotations
@@ -134,6 +143,156 @@ def kernel_rows(args) -> list[dict]:
                 rows.append({"shape": f"{k}->{n}", "batch": batch, "path": name, **r})
                 log(f"kernel {k}->{n} b{batch} {name}: {r['speedup']:.2f}x")
     return rows
+
+
+# --- table 1b: LLM-sized layers, memory-bound at small batch ------------------------------------------
+def l3_bytes() -> int:
+    """The last-level cache size (sysfs), or 32 MiB when unknown."""
+    with contextlib.suppress(OSError, ValueError):
+        text = Path("/sys/devices/system/cpu/cpu0/cache/index3/size").read_text().strip()
+        units = {"K": 2**10, "M": 2**20, "G": 2**30}
+        return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+    return 32 * 2**20
+
+
+def read_bandwidth(nbytes: int) -> float:
+    """Single-thread streaming read of a float32 buffer of `nbytes` (GB/s, median of 7 sums)."""
+    buf = torch.rand(nbytes // 4)
+    buf.sum()
+    times = []
+    for _ in range(7):
+        t = time.perf_counter()
+        buf.sum()
+        times.append(time.perf_counter() - t)
+    return nbytes / statistics.median(times) / 1e9
+
+
+def rotating(layers: list[nn.Module], x: torch.Tensor):
+    """Call the next copy each time, so weights come from memory, not from the cache."""
+    state = {"i": 0}
+
+    def call():
+        state["i"] = (state["i"] + 1) % len(layers)
+        return layers[state["i"]](x)
+
+    return call
+
+
+def path_bytes(layer: nn.Module, rows: int) -> tuple[str, int]:
+    """(path name, bytes of weights it reads per call) for a WeightOnlyLayer at `rows`; else the layer's own."""
+    if isinstance(layer, WeightOnlyLayer):
+        path = layer._path_for(torch.empty(rows, layer.in_features))
+        if path is not None and path.integer_kernel:
+            return path.name, layer._layouts[path.layout].nbytes()
+        if path is not None and path.layout == "float":
+            return "float", layer.out_features * layer.in_features * 4
+        return "dequant", layer.storage_bytes()
+    tensors = list(layer.parameters()) + list(layer.buffers())
+    return "", sum(t.numel() * t.element_size() for t in tensors)
+
+
+def llm_rows(args) -> tuple[list[dict], dict]:
+    """4096x4096 and 4096->11008 at batch 1/8/32: fp32 against weight_only's chosen path, achieved GB/s."""
+    shapes = [(4096, 4096), (4096, 11008)] if not args.quick else [(4096, 4096)]
+    batches = (1, 8, 32) if not args.quick else (1,)
+    l3 = l3_bytes()
+    bw = {"buffer_bytes": 8 * l3, "before_gb_s": read_bandwidth(8 * l3)}
+    log(f"read bandwidth (1 thread, {8 * l3 >> 20} MiB buffer): {bw['before_gb_s']:.1f} GB/s")
+    formats = {
+        "weight_only int8 per-channel": WeightOnlyConfig(bits=8, group_size=0, batches=batches),
+        "weight_only int8 g128": WeightOnlyConfig(bits=8, group_size=128, batches=batches),
+        "weight_only int4 g128 asym": WeightOnlyConfig(
+            bits=4, group_size=128, symmetric=False, batches=batches
+        ),
+        "weight_only int4 g32 asym": WeightOnlyConfig(
+            bits=4, group_size=32, symmetric=False, batches=batches
+        ),
+    }
+    rows = []
+    for k, n in shapes:
+        torch.manual_seed(0)
+        lin = nn.Linear(k, n).eval().requires_grad_(False)
+        copies = lambda m: max(1, min(16, -(-2 * l3 // path_bytes(m, 1)[1])))  # noqa: E731 - >= 2x L3 in all
+        floats = [lin] + [copy.deepcopy(lin) for _ in range(copies(lin) - 1)]
+        variants: dict[str, tuple[list[nn.Module], float]] = {}
+        for label, config in formats.items():
+            t = time.perf_counter()
+            layer = apply(nn.Sequential(lin), config).model[0]
+            variants[label] = ([layer] + [copy.deepcopy(layer) for _ in range(copies(layer) - 1)],
+                               time.perf_counter() - t)  # fmt: skip
+            log(
+                f"{k}->{n} {label}: prepared in {variants[label][1]:.1f} s, paths {[c['path'] for c in layer.choices]}"
+            )
+        bf16 = CastLayer(lin, dtype="bfloat16")
+        variants["bfloat16 cast"] = ([bf16] + [copy.deepcopy(bf16) for _ in range(copies(bf16) - 1)], 0.0)
+        with contextlib.suppress(ImportError), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+            ao = copy.deepcopy(lin)
+            quantize_(ao, Int8WeightOnlyConfig())
+            variants["torchao Int8WeightOnlyConfig"] = ([ao] + [copy.deepcopy(ao) for _ in range(3)], 0.0)
+        for batch in batches:
+            x = torch.randn(batch, k)
+            for label, (layers, prep_s) in variants.items():
+                path, nbytes = path_bytes(layers[0], batch)
+                r = time_pair(
+                    rotating(floats, x), rotating(layers, x), budget_s=args.budget, max_repeats=args.repeats
+                )
+                float_bytes = n * k * 4 + n * 4
+                row = {"shape": f"{k}->{n}", "batch": batch, "variant": label, "path": path, **r,
+                       "weight_bytes_read": nbytes, "quant_gb_s": nbytes / r["quant_ms"] / 1e6,
+                       "float_gb_s": float_bytes / r["float_ms"] / 1e6, "copies": len(layers),
+                       "float_copies": len(floats)}  # fmt: skip
+                if isinstance(layers[0], WeightOnlyLayer):
+                    row["prepare_s"] = prep_s
+                    row["choice"] = next(c for c in layers[0].choices if c["batch"] == batch)
+                rows.append(row)
+                log(f"llm {k}->{n} b{batch} {label} [{path}]: {r['speedup']:.2f}x, {row['quant_gb_s']:.1f} GB/s "
+                    f"(fp32 {row['float_gb_s']:.1f} GB/s)")  # fmt: skip
+        del variants, floats
+    bw["after_gb_s"] = read_bandwidth(8 * l3)
+    bw["gb_s"] = max(bw["before_gb_s"], bw["after_gb_s"])
+    log(f"read bandwidth after: {bw['after_gb_s']:.1f} GB/s")
+    return rows, bw
+
+
+def small_layer_rows(args) -> list[dict]:
+    """256->1024 at batch 1/8/32: weight_only's chosen path (default config) against fp32."""
+    torch.manual_seed(0)
+    lin = nn.Linear(256, 1024).eval().requires_grad_(False)
+    rows = []
+    for label, config in (("weight_only int8 g128 (default)", WeightOnlyConfig()),
+                          ("weight_only int4 g32 asym", WeightOnlyConfig(bits=4, group_size=32, symmetric=False))):  # fmt: skip
+        layer = apply(nn.Sequential(lin), config).model[0]
+        for batch in (1, 8, 32):
+            x = torch.randn(batch, 256)
+            r = time_pair(lambda x=x: lin(x), lambda x=x, layer=layer: layer(x), budget_s=args.budget / 2,
+                          max_repeats=args.repeats * 5)  # fmt: skip
+            path = path_bytes(layer, batch)[0]
+            rows.append({"shape": "256->1024", "batch": batch, "variant": label, "path": path, **r})
+            log(f"small 256->1024 b{batch} {label} [{path}]: {r['speedup']:.2f}x")
+    return rows
+
+
+def acceptance(llm: list[dict], small: list[dict], bw: dict) -> dict:
+    """Issue 15's figures: at batch 1, int8 >= 2x and int4 >= 3.5x fp32 at >= 80 % of the read bandwidth;
+    on 256->1024 the chosen path is never slower than fp32."""
+    out = {"bandwidth_gb_s": bw["gb_s"], "checks": []}
+    for r in llm:
+        if r["batch"] != 1 or not r["variant"].startswith("weight_only"):
+            continue
+        want = 2.0 if "int8" in r["variant"] else 3.5
+        out["checks"].append({"what": f"{r['shape']} b1 {r['variant']} [{r['path']}]", "speedup": r["speedup"],
+                              "speedup_target": want, "gb_s": r["quant_gb_s"],
+                              "bandwidth_fraction": r["quant_gb_s"] / bw["gb_s"],
+                              "passed": r["speedup"] >= want and r["quant_gb_s"] >= 0.8 * bw["gb_s"]})  # fmt: skip
+    for r in small:
+        out["checks"].append({"what": f"{r['shape']} b{r['batch']} {r['variant']} [{r['path']}]",
+                              "speedup": r["speedup"], "speedup_target": 1.0,
+                              "passed": r["speedup"] >= 0.97})  # fmt: skip
+    out["note"] = "small-layer checks pass at >= 0.97 (the same float op: ratio 1 within paired noise)"
+    return out
 
 
 # --- table 2: models ------------------------------------------------------------------------------------
@@ -305,6 +464,22 @@ def print_tables(kernels: list[dict], models: list[dict]) -> None:
               f"{r['bytes_ratio']:6.2f} {r['file_ratio']:6.2f} {acc}")  # fmt: skip
 
 
+def print_llm(llm: list[dict], small: list[dict], bw: dict) -> None:
+    if llm:
+        print(
+            f"\nLLM-sized layers (1 thread; read bandwidth {bw['gb_s']:.1f} GB/s; weights rotate over copies >= 2x L3)"
+        )
+        print(
+            f"{'shape':>11} {'b':>3} {'variant':<30} {'path':<14} {'fp32 ms':>8} {'q ms':>8} {'x':>6} {'GB/s':>6}"
+        )
+        for r in llm:
+            print(f"{r['shape']:>11} {r['batch']:>3} {r['variant']:<30} {r['path']:<14} {r['float_ms']:8.3f} "
+                  f"{r['quant_ms']:8.3f} {r['speedup']:6.2f} {r['quant_gb_s']:6.1f}")  # fmt: skip
+    for r in small:
+        print(f"{r['shape']:>11} {r['batch']:>3} {r['variant']:<30} {r['path']:<14} {r['float_ms']:8.3f} "
+              f"{r['quant_ms']:8.3f} {r['speedup']:6.2f}")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -318,19 +493,36 @@ def main(argv: list[str] | None = None) -> int:
         "--budget", type=float, default=1.2, help="seconds of timing per model pair and batch"
     )
     parser.add_argument("--quick", action="store_true", help="fewer shapes and models (smoke test)")
+    parser.add_argument("--tables", default="kernels,small,llm,models",
+                        help="comma-separated tables to run: kernels, small, llm, models")  # fmt: skip
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.int_mm = int_mm_available("cpu")
     info = machine(args)
     log(f"torch {torch.__version__}, {args.threads} threads, torch._int_mm on CPU: {args.int_mm}")
-    kernels = kernel_rows(args)
-    models = model_rows(args)
+    tables = set(args.tables.split(","))
+    kernels = kernel_rows(args) if "kernels" in tables else []
+    small = small_layer_rows(args) if "small" in tables else []
+    llm, bandwidth = llm_rows(args) if "llm" in tables else ([], {})
+    models = model_rows(args) if "models" in tables else []
     print_tables(kernels, models)
+    print_llm(llm, small, bandwidth)
+    verdict = acceptance(llm, small, bandwidth) if llm and small else {}
+    for check in verdict.get("checks", []):
+        print(f"{'PASS' if check['passed'] else 'MISS'} {check['what']}: {check['speedup']:.2f}x "
+              f"(target {check['speedup_target']}x)" + (f", {check['bandwidth_fraction']:.0%} of bandwidth"
+                                                       if "bandwidth_fraction" in check else ""))  # fmt: skip
     notes = [
         "dynamic_int8 runs a real int8 GEMM (torch._int_mm, int8 x int8 -> int32) when int_mm_available is "
         "true; activations are quantized per row on every call",
-        "weight_only dequantizes to float32 each call unless an ATen kernel row says otherwise; fp8 is storage "
-        "only on CPU (no fp8 GEMM); float16/bfloat16 layers compute in that dtype",
+        "weight_only rows in 'kernels' name their path (dequant = dequantize each call; ATen = kernel='torch', "
+        "activation dtype chosen by measurement); models use the default kernel='auto' (fastest measured path per "
+        "layer and batch, never slower than float with prefer='speed'); fp8 is storage only on CPU (no fp8 GEMM); "
+        "float16/bfloat16 layers compute in that dtype",
+        "llm_kernels: one Linear at LLM sizes, fp32 inputs; each call uses the next of several copies of the layer so "
+        "that every side reads its weights from memory (copies x weight bytes >= 2x L3), as in a real decoder; "
+        "quant_gb_s = bytes of the weights the chosen path reads / median time; read_bandwidth is one thread "
+        "summing a float32 buffer 8x L3, before and after the table (gb_s is the larger)",
         "resnet18: only Conv2d layers are targeted (fc stays float32); dynamic_int8 has no conv path",
         "float16 is timed on mlp/cnn only: this CPU has no fast float16 GEMM/conv (see those rows), "
         "and on resnet18/the encoder a single call takes tens of seconds",
@@ -338,7 +530,8 @@ def main(argv: list[str] | None = None) -> int:
         "the machine was shared with other jobs: see load averages; ratios are interleaved medians",
     ]
     info["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    out = {"machine": info, "notes": notes, "kernels": kernels, "models": models,
+    out = {"machine": info, "notes": notes, "read_bandwidth": bandwidth, "acceptance": verdict,
+           "llm_kernels": llm, "small_layer": small, "kernels": kernels, "models": models,
            "seconds": time.monotonic() - T0}  # fmt: skip
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
