@@ -86,6 +86,40 @@ def _run(name, out, rank, callbacks=(), **extra):
     torch.save(model.state_dict(), out / f"{name}-rank{rank}.pt")
 
 
+def _compress_steps(out, rank):
+    """prune -> FSDP fine-tune (masks kept by parametrization), and distillation under FSDP."""
+    from modelscale.core.apply import apply
+    from modelscale.techniques.distill import distill
+    from modelscale.techniques.prune.magnitude import MagnitudePruneConfig
+
+    cfg = TrainConfig(**{**COMMON, "max_steps": 6, "epochs": 1, "parallel": "fsdp"})
+    pruned = apply(gpt(), MagnitudePruneConfig(amount=0.5), inplace=True).model
+
+    def effective(model):  # the weights the model computes with (mask applied)
+        return {
+            n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+        }
+
+    zeros = {n: w == 0 for n, w in effective(pruned).items()}
+    before = effective(pruned)
+    result = fit(pruned, data(), cfg)
+    after = effective(pruned)
+    kept = all(bool((after[n][z] == 0).all()) for n, z in zeros.items())
+    changed = any(not torch.equal(after[n], before[n]) for n in after)
+    student = gpt()
+    kd = distill(student, gpt(), data(), cfg)
+    info = {
+        "pruned_steps": result.steps,
+        "masks_kept": kept,
+        "weights_changed": changed,
+        "masked_layers": sum(int(z.any()) for z in zeros.values()),
+        "pruned_class": type(pruned).__name__,
+        "distill_steps": kd.steps,
+        "distill_losses": [r["train_loss"] for r in kd.history],
+    }
+    (out / f"compress-rank{rank}.json").write_text(json.dumps(info))
+
+
 def main(mode: str, out: Path) -> None:
     torch.set_num_threads(1)
     rank = int(os.environ["RANK"])
@@ -95,6 +129,7 @@ def main(mode: str, out: Path) -> None:
         _run("fsdp", out, rank, parallel="fsdp", checkpoint_dir=str(out / "ckpt"))
         _run("fsdp_ac", out, rank, parallel="fsdp", activation_checkpointing=True)
         _run("fsdp_bf16", out, rank, parallel="fsdp", fsdp_dtype="bf16", grad_accum=2)
+        _compress_steps(out, rank)
         (out / f"runs-done-rank{rank}").write_text("")
         _run("killed", out, rank, callbacks=[KillRank1()], parallel="fsdp", checkpoint_dir=killed)
     else:

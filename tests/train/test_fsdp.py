@@ -153,3 +153,17 @@ def test_world_2_checkpoint_loads_at_world_1(runs, single, tmp_path):
     assert abs(result.history[-1]["train_loss"] - losses[-1]) < 1e-5
     # and its new checkpoint is a world-size-1 one
     assert json.loads((part / "latest.json").read_text())["world_size"] == 1
+
+
+def test_prune_then_fsdp_finetune_keeps_masks_and_distill_matches_one_process(runs):
+    from modelscale.techniques.distill import distill
+
+    for rank in (0, 1):
+        info = _info(runs, "compress", rank)
+        assert info["pruned_class"] == "GPT" and info["pruned_steps"] == 6
+        assert info["masked_layers"] >= 10 and info["masks_kept"] and info["weights_changed"]
+    kd = _info(runs, "compress")
+    cfg = TrainConfig(**{**COMMON, "max_steps": 6, "epochs": 1})
+    ref = distill(gpt(), gpt(), data(), cfg)
+    assert kd["distill_steps"] == ref.steps == 6
+    assert abs(kd["distill_losses"][0] - ref.history[0]["train_loss"]) < 1e-5
