@@ -164,9 +164,29 @@ def test_transformers_gpt2_conv1d_layers(tmp_path):
     assert any("shares tensors" in n for n in result.record.notes)  # lm_head is tied to wte
     # wte is tied to lm_head: merging an update into it would change the head too, so it is skipped.
     assert "hf.transformer.wte" not in {row["name"] for row in result.record.layers}
-    assert any("hf.transformer.wte: its weight is tied" in n for n in result.record.notes)
+    assert any("its weight is tied" in n and "hf.transformer.wte" in n for n in result.record.notes)
+    assert "hf.transformer.wte" in result.record.summary["skipped"]
     _perturb(result.model)
     out = result.model.eval()(x)
     torch.testing.assert_close(merge_lora(result.model)(x), out, rtol=0, atol=1e-5)
     save_compressed(tmp_path / "gpt2", result.model, [result.record])
     torch.testing.assert_close(load_compressed(tmp_path / "gpt2", build()).eval()(x), out, rtol=0, atol=0)
+
+
+def test_grouped_convolutions_are_skipped_and_listed_and_a_model_without_linear_is_adapted():
+    """Defaults adapt what peft can adapt: depthwise convs skipped (listed, cause first), no-Linear models work."""
+    x = torch.rand(2, 3, 32, 32)
+    model = build_model("torchvision:mobilenet_v3_small", num_classes=10, input_shape=(3, 32, 32)).eval()
+    result = apply(model, LoRAConfig())
+    depthwise = sorted(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 1)
+    assert depthwise and set(depthwise) <= set(result.record.summary["skipped"])
+    assert not {row["name"] for row in result.record.layers} & set(depthwise)
+    note = next(n for n in result.record.notes if "groups > 1" in n)
+    assert note.startswith(f"skipped {len(depthwise)} layer(s), grouped or depthwise") and len(note) < 400
+    torch.testing.assert_close(result.model.eval()(x), model(x))  # B = 0 at insertion
+
+    squeeze = build_model("torchvision:squeezenet1_1", num_classes=10, input_shape=(3, 32, 32)).eval()
+    result = apply(squeeze, LoRAConfig())
+    assert result.record.summary["head"] is None
+    assert "classifier.1" in {row["name"] for row in result.record.layers}  # the output conv
+    assert any("no nn.Linear head" in n for n in result.record.notes)

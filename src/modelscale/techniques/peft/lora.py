@@ -12,8 +12,11 @@ layers our target selects, so this works on any module tree, not only transforme
 dict keys become `<layer>.base_layer.weight`, `<layer>.lora_A.default.weight`, ...; restoring a
 saved model re-injects the same structure (recorded layer names, ranks) before loading weights.
 Children of MultiheadAttention / TransformerEncoderLayer are skipped: those parents read `.weight`
-directly (always, or on the inference fast path), which would silently bypass the update.
-The classifier head is trained fully (by default) instead of through LoRA. Needs `pip install
+directly (always, or on the inference fast path), which would silently bypass the update. Grouped and
+depthwise convolutions are skipped too (peft needs the rank divisible by the groups and cannot merge
+into them); every skipped layer is listed in the record (`summary["skipped"]`, reasons in the notes).
+The classifier head (the last Linear) is trained fully (by default) instead of through LoRA; a model
+without a Linear (SqueezeNet) has its output conv adapted like the others. Needs `pip install
 modelscale[peft]`.
 
 Example::
@@ -55,6 +58,10 @@ from modelscale.techniques.peft._common import (
 )
 
 SUPPORTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
+GROUPED = (
+    "grouped or depthwise convolution (groups > 1): peft adapts it only with a rank divisible by the groups "
+    "and cannot merge the update into it"
+)
 
 
 @dataclass(kw_only=True)
@@ -154,6 +161,8 @@ def _skip_reason(
         return "already a LoRA layer"
     if not isinstance(module, SUPPORTED) and not is_conv1d_transformers(module):
         return f"{type(module).__name__} is not a Linear, Conv1d/2d/3d, Embedding or transformers Conv1D"
+    if isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1:
+        return GROUPED
     tied = _tied_elsewhere(names, name, module)
     if tied:
         return f"its weight is tied to {', '.join(tied)}; merging an update would change that layer too"
@@ -169,22 +178,28 @@ def lora(model: nn.Module, config: LoRAConfig, ctx: ApplyContext) -> ChangeRecor
     """LoRA (via peft) on the targeted Linear/Conv/Embedding layers; head trained fully by default."""
     layer_cls = _lora_layer_cls()
     before = count_params(model)
-    head = find_head(model, config.head)[0] if config.train_head else None
-    entries, skipped, names = [], [], _names_by_tensor(model)
+    notes: list[str] = []
+    head = None
+    if config.train_head and (config.head or any(isinstance(m, nn.Linear) for m in model.modules())):
+        head = find_head(model, config.head)[0]
+    elif config.train_head:
+        notes.append("no nn.Linear head to train fully: the output layer is adapted like the others")
+    entries, skipped, names = [], {}, _names_by_tensor(model)
     for name, module in select_modules(model, config.target):
         if name == head:
             continue
         reason = _skip_reason(model, name, module, layer_cls, names)
         if reason is not None:
             if reason != "already a LoRA layer":
-                skipped.append(f"{name}: {reason}")
+                skipped[name] = reason
             continue
         rank, alpha = int(config.for_layer(name, "rank")), float(config.for_layer(name, "alpha"))
         entries.append({"name": name, "kind": type(module).__name__, "rank": rank, "alpha": alpha})
     if not entries:
         raise ModelscaleError(
-            "lora found no layer to adapt (" + "; ".join(skipped or ["none selected"]) + "); "
-            "change target.types / target.include"
+            "lora found no layer to adapt ("
+            + ("; ".join(_skip_notes(skipped)) if skipped else "none selected")
+            + "); change target.types / target.include"
         )
     _inject(model, entries, config)
     trainable = _trainable(model, head)
@@ -192,7 +207,7 @@ def lora(model: nn.Module, config: LoRAConfig, ctx: ApplyContext) -> ChangeRecor
     modules = dict(model.named_modules())
     for e in entries:
         e["lora_params"] = sum(p.numel() for n, p in modules[e["name"]].named_parameters() if "lora_" in n)
-    notes = [f"skipped {s}" for s in skipped]
+    notes += _skip_notes(skipped)
     masked = [e["name"] for e in entries if parametrize.is_parametrized(modules[e["name"]].get_base_layer())]
     if masked:
         notes.append(
@@ -204,13 +219,30 @@ def lora(model: nn.Module, config: LoRAConfig, ctx: ApplyContext) -> ChangeRecor
         technique=config.type,
         config=config.to_dict(),
         layers=entries,
-        summary={"adapted": len(entries), "head": head, **param_summary(model, before)},
+        summary={
+            "adapted": len(entries),
+            "skipped": sorted(skipped),
+            "head": head,
+            **param_summary(model, before),
+        },
         notes=notes,
         state={
             "layers": [{k: e[k] for k in ("name", "rank", "alpha")} for e in entries],
             "trainable": sorted(set(trainable)),
         },
     )
+
+
+def _skip_notes(skipped: dict[str, str], shown: int = 6) -> list[str]:
+    """One line per reason, the cause first, then a few of the layers (all are in summary["skipped"])."""
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in skipped.items():
+        by_reason.setdefault(reason, []).append(name)
+    lines = []
+    for reason, layers in by_reason.items():
+        more = f" and {len(layers) - shown} more" if len(layers) > shown else ""
+        lines.append(f"skipped {len(layers)} layer(s), {reason}: {', '.join(layers[:shown])}{more}")
+    return lines
 
 
 def restore_lora(model: nn.Module, config: LoRAConfig, record: ChangeRecord) -> None:
