@@ -17,6 +17,7 @@ from modelscale.core.apply import apply
 from modelscale.core.errors import ModelscaleError
 from modelscale.techniques.quantize.common import int_mm_available, safetensors_tensor_bytes, sqnr_db
 from modelscale.techniques.quantize.fold_bn import fold_batchnorm, refold
+from modelscale.techniques.quantize.int8_kernels import onednn_linear_problem
 from modelscale.techniques.quantize.observers import (
     MinMaxObserver,
     MovingAverageObserver,
@@ -165,7 +166,8 @@ def test_static_layer_kernels_match_the_reference(symmetric):
             assert sqnr_db(module(x), simulated) > 30  # int8 weights and inputs: a small error
             kernel, why = choose_kernel(layer, "auto")
             if module is linear:
-                assert kernel == ("int_mm" if int_mm_available() else "simulated")
+                fastest = "onednn" if onednn_linear_problem() is None else "int_mm"
+                assert kernel == (fastest if fastest == "onednn" or int_mm_available() else "simulated")
             if kernel == "simulated":
                 continue
             layer.kernel = kernel
@@ -248,7 +250,9 @@ def test_static_int8_digits_accuracy_size_and_reload(name, observer, activations
     accuracy = evaluate(result.model, digits.test)["accuracy"]
     assert accuracy >= baseline - 0.005, (baseline, accuracy)
     kinds = {(r["kind"], r["kernel"]) for r in result.record.layers}
-    if int_mm_available():
+    if onednn_linear_problem() is None:
+        assert ("linear", "onednn") in kinds
+    elif int_mm_available():
         assert ("linear", "int_mm") in kinds
     if name == "cnn":
         assert result.record.summary["folded_bn"] == 3

@@ -10,7 +10,9 @@ s_w[n] = max|W[n]| / 127. At run time
     x_q = clamp(round(x / s_x) + z_x, qmin, qmax)              (uint8 asymmetric or int8 symmetric)
     y[m, n] = s_x · s_w[n] · Σ_k (x_q[m, k] − z_x) · W_q[n, k]  (+ bias[n], float32)
 
-Kernels (recorded per layer): Linear runs `torch._int_mm` (int8 × int8 → int32; uint8 codes are
+Kernels (recorded per layer): 8-bit Linear on CPU runs oneDNN's fused u8 × s8 GEMM with the scales
+and bias in its epilogue (int8_kernels.py; x is quantized in one fused pass, nothing runs over the
+output); otherwise Linear runs `torch._int_mm` (int8 × int8 → int32; uint8 codes are
 shifted by 128 and the zero point is removed with the weight's row sums; any shape on CPU, on CUDA
 features divisible by 8 and calls with more than 16 rows, else the simulated path); Conv2d runs oneDNN's int8
 convolution (`torch.ops.onednn.qconv_prepack` + `qconv2d_pointwise`, the ATen ops Inductor uses, no
@@ -53,6 +55,7 @@ from modelscale.techniques.quantize.common import (
 )
 from modelscale.techniques.quantize.dynamic_int8 import _int_mm_fits
 from modelscale.techniques.quantize.fold_bn import fold_batchnorm, refold
+from modelscale.techniques.quantize.int8_kernels import PackedInt8Linear, onednn_linear_problem, quantize_u8
 from modelscale.techniques.quantize.observers import (
     Observer,
     batch_inputs,
@@ -189,6 +192,19 @@ class StaticInt8Layer(QuantizedLayer):
             y.add_(self.bias.to(torch.float32))
         return y.reshape(*lead, self.out_features)
 
+    def _linear_onednn(self, x: torch.Tensor) -> torch.Tensor:
+        """8-bit Linear in one oneDNN call: x → uint8 codes (one fused pass), GEMM, scales and bias fused."""
+        lead = x.shape[:-1]
+        rows = x.reshape(-1, self.in_features).to(torch.float32).contiguous()
+        offset = 128 if self.symmetric else 0  # oneDNN takes uint8 activations: int8 codes + 128
+        scale, zero = float(self.x_scale), int(self.x_zero_point) + offset
+        codes = quantize_u8(rows, scale, zero)
+        if self.symmetric:
+            codes.clamp_(min=1)  # symmetric codes stop at -127 (u8 1), as the reference's clamp does
+        packed = self._cached(lambda: PackedInt8Linear(self.qweight, self.channel_scales()), "onednn")
+        bias = None if self.bias is None else self.bias.to(torch.float32)
+        return packed(codes, scale, zero, bias).reshape(*lead, self.out_features)
+
     # --- Conv2d -----------------------------------------------------------------------------------
     def _conv_simulated(self, codes: torch.Tensor) -> torch.Tensor:
         x_hat = (codes - int(self.x_zero_point)) * self.x_scale
@@ -245,6 +261,8 @@ class StaticInt8Layer(QuantizedLayer):
         return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel == "onednn" and self.geometry["kind"] == "linear" and x.device.type == "cpu":
+            return self._linear_onednn(x).to(x.dtype)
         codes = self.input_codes(x)
         if self.geometry["kind"] == "linear":
             y = self._linear(codes)
@@ -264,6 +282,8 @@ def choose_kernel(layer: StaticInt8Layer, requested: str) -> tuple[str, str | No
         return "simulated", None
     if layer.geometry["kind"] == "linear":
         device = layer.qweight.device
+        if layer.bits == 8 and onednn_linear_problem(device) is None:
+            return "onednn", None
         if not int_mm_available(device):
             return "simulated", f"torch._int_mm does not run on {device.type}"
         if device.type == "cuda" and (layer.in_features % 8 or layer.out_features % 8):
@@ -300,6 +320,11 @@ def kernel_notes(rows: list[dict[str, Any]]) -> list[str]:
     """The headline notes saying which layers run real int8 kernels and which are simulated."""
     used = {(r["kind"], r["kernel"]) for r in rows}
     notes = []
+    if ("linear", "onednn") in used:
+        notes.append(
+            "real int8 kernel for 8-bit Linear on CPU: oneDNN u8 x s8 GEMM (torch.ops.onednn.qlinear_pointwise) "
+            "with the calibrated activation scale; dequantize and bias fused in its epilogue"
+        )
     if ("linear", "int_mm") in used:
         notes.append(
             "real int8 kernel for Linear: torch._int_mm (int8 x int8 -> int32, zero point removed with "
