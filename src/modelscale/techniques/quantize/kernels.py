@@ -150,7 +150,12 @@ def candidate_paths(layer: Any, device: torch.device) -> tuple[list[Path], dict[
         if not _has_op("_weight_int8pack_mm"):
             skipped["int8_mm"] = "this torch has no aten._weight_int8pack_mm"
         else:
-            paths += [Path(f"int8_mm_{DTYPE_NAMES[dt]}", "int8", dt) for dt in dtypes]
+            # ATen's CPU kernel reads reduced-precision activations in blocks of 8 along K: a group
+            # length that is not a multiple of 8 crashes the process (segfault), so never offer it.
+            unsafe = [dt for dt in dtypes if dt != torch.float32 and device.type == "cpu" and g % 8]
+            for dt in unsafe:
+                skipped[f"int8_mm_{DTYPE_NAMES[dt]}"] = f"ATen's int8 kernel needs K % 8 == 0 here, K = {g}"
+            paths += [Path(f"int8_mm_{DTYPE_NAMES[dt]}", "int8", dt) for dt in dtypes if dt not in unsafe]
         return paths, skipped
     if g not in INT4_KERNEL_GROUPS:
         return paths, {"int4 kernels": f"int4 kernels need group_size in {INT4_KERNEL_GROUPS}, not {g}"}
@@ -234,9 +239,9 @@ def _int8_run(t: dict[str, Any], x2d: torch.Tensor, dtype: torch.dtype) -> torch
     else:
         g = w.shape[2]
         xg = xd.view(xd.shape[0], groups, g)
-        y = mm(xg[:, 0], w[0], s[0]).to(torch.float32)
+        y = mm(xg[:, 0].contiguous(), w[0], s[0]).to(torch.float32)
         for i in range(1, groups):
-            y += mm(xg[:, i], w[i], s[i])
+            y += mm(xg[:, i].contiguous(), w[i], s[i])
     if t["asymmetric"]:
         sums = x2d.to(torch.float32).view(x2d.shape[0], groups, -1).sum(-1)  # rows × groups
         y -= sums @ t["zero_term"]
