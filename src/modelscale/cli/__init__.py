@@ -23,6 +23,27 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+
+def _timing(p: argparse.ArgumentParser, *, repeats: bool = True) -> None:
+    """Latency options shared by the commands that time models."""
+    if repeats:
+        p.add_argument("--repeats", type=int, default=30, help="timed repeats for latency (the minimum, paired)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU intra-op threads while timing (default 1: reproducible on a shared machine; give the "
+        "core count to measure throughput)",
+    )
+    p.add_argument(
+        "--latency-budget",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="extra seconds of paired repeats until the speedup's 95%% interval is within ±5%% (default 2)",
+    )
+
+
 def _common(p: argparse.ArgumentParser, *, model_positional: bool = True) -> None:
     if model_positional:
         p.add_argument(
@@ -100,7 +121,7 @@ def build_parser(technique: str | None = None, *, list_techniques: bool = True) 
     )
     _common(p)
     p.add_argument("--no-latency", action="store_true", help="skip latency measurement")
-    p.add_argument("--repeats", type=int, default=30, help="timed repeats for latency")
+    _timing(p)
     p.add_argument(
         "--batch-size", type=int, default=None, help="batch for latency when --input-shape is not given"
     )
@@ -149,6 +170,7 @@ def build_parser(technique: str | None = None, *, list_techniques: bool = True) 
     p.add_argument("--out", help="folder to save the compressed model and report in")
     _nproc(p)
     _parallel_finetune(p)
+    _timing(p)
     p.add_argument(
         "--storage",
         choices=("dense", "sparse"),
@@ -167,7 +189,7 @@ def build_parser(technique: str | None = None, *, list_techniques: bool = True) 
     p.add_argument("base", help="baseline: saved model folder or zoo name")
     p.add_argument("other", help="other model: saved model folder or zoo name")
     _common(p, model_positional=False)
-    p.add_argument("--repeats", type=int, default=30, help="timed repeats for latency")
+    _timing(p)
 
     p = sub.add_parser(
         "sensitivity", help="metric drop when compressing each layer alone, at several strengths"
@@ -303,6 +325,7 @@ def build_parser(technique: str | None = None, *, list_techniques: bool = True) 
         "--store", default=None, help="run store: SQLite file or SQLAlchemy URL (default runs/modelscale.db)"
     )
     p.add_argument("--recipe", default=None, help="only runs of this recipe (list)")
+    p.add_argument("--yes", action="store_true", help="delete several runs given at once")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
     p = sub.add_parser(
@@ -339,27 +362,78 @@ def _technique_from_argv(argv: Sequence[str]) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import warnings
+
+    from modelscale.core.errors import ModelscaleWarning
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", ModelscaleWarning)
+        previous = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+            if issubclass(category, ModelscaleWarning):
+                sys.stderr.write(f"modelscale: warning: {message}\n")
+            else:
+                previous(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        return _main(argv)
+
+
+def _main(argv: list[str]) -> int:
+    from modelscale.cli.guard import PartialFailure, undo_on_failure
+
     try:
         parser = build_parser(_technique_from_argv(argv), list_techniques=argv[:1] == ["compress"])
-        args = parser.parse_args(argv)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # a usage error: its one line is printed already
+            if exc.code == 2:
+                return 2
+            raise
         args.argv = argv  # for --nproc, which relaunches the same command under torchrun
         from modelscale.cli import commands
 
-        result = getattr(commands, "cmd_" + args.command.replace("-", "_"))(args)
+        with undo_on_failure(args):
+            result = getattr(commands, "cmd_" + args.command.replace("-", "_"))(args)
+    except PartialFailure as exc:
+        _print(args, exc.result)
+        sys.stderr.write(f"modelscale: error: {exc}\n")
+        return 1
     except ModelscaleError as exc:
         sys.stderr.write(f"modelscale: error: {exc}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("modelscale: interrupted\n")
         return 130
-    if result is not None:
-        text, data = result
-        if getattr(args, "json", False):
-            print(json.dumps(data, indent=2, default=_default))
-        else:
-            print(text)
+    _print(args, result)
     return 0
+
+
+def _print(args: argparse.Namespace, result: Any) -> None:
+    if result is None:
+        return
+    text, data = result
+    if getattr(args, "json", False):
+        print(json.dumps(_strict(data), indent=2, default=_default, allow_nan=False))
+    else:
+        print(text)
+
+
+def _strict(value: Any) -> Any:
+    """JSON has no NaN or Infinity: non-finite floats become null."""
+    import math
+
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(v) for v in value]
+    if hasattr(value, "to_dict") and not isinstance(value, type):
+        return _strict(value.to_dict())
+    return value
 
 
 def _default(value: Any) -> Any:

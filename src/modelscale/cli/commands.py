@@ -14,6 +14,8 @@ from typing import Any
 
 from modelscale.core.errors import ModelscaleError
 
+MAX_BOOT = 100_000  # bootstrap resamples: more only costs time
+
 
 def parse_shape(text: str | None) -> tuple[int, ...] | None:
     """'1,3,224,224' -> (1, 3, 224, 224), with a one-line error for anything else."""
@@ -60,6 +62,7 @@ def cmd_profile(args: argparse.Namespace):
         session.example_inputs(args.batch_size),
         latency=not args.no_latency,
         repeats=args.repeats,
+        threads=args.threads,
         device=args.device,
         loader=session.test_loader(),
         task=session.task,
@@ -173,6 +176,8 @@ def cmd_compress(args: argparse.Namespace):
     base_cfg = read_structured(args.config) if args.config else {}
     base_cfg.pop("type", None)
     config = config_from_args(technique.config_cls, args, base_cfg)
+    if args.finetune_epochs < 0:
+        raise ModelscaleError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
     if args.finetune_epochs and not args.data:
         raise ModelscaleError("--finetune-epochs needs --data to train on")
     steps = compress_steps(args, config)
@@ -188,7 +193,16 @@ def cmd_compress(args: argparse.Namespace):
     if not is_main_rank():
         return None
     record = session.bundle.records[-1]
-    cmp = compare(base, session.model, x, loader=session.test_loader(), storage=args.storage)
+    cmp = compare(
+        base,
+        session.model,
+        x,
+        loader=session.test_loader(),
+        storage=args.storage,
+        repeats=args.repeats,
+        threads=args.threads,
+        latency_budget_s=args.latency_budget,
+    )
     file_info = None
     if args.out:
         folder = save_model_dir(
@@ -228,12 +242,24 @@ def cmd_compare(args: argparse.Namespace):
         width=args.width,
         depth=args.depth,
     )
+    from modelscale.engine.compat import check_fits, expected_shape
+
+    x = session.example_inputs()
+    base_shape, other_shape = expected_shape(session.bundle), expected_shape(other)
+    if session.data is None and base_shape and other_shape and base_shape != other_shape:
+        raise ModelscaleError(
+            f"{args.base} takes inputs of shape {base_shape} but {args.other} takes {other_shape}; "
+            "compare models built for the same inputs"
+        )
+    check_fits(other, session.data, label=args.other, example=None if session.data is not None else x[:1])
     cmp = compare(
         session.model,
         other.model,
-        session.example_inputs(),
+        x,
         loader=session.test_loader(),
         repeats=args.repeats,
+        threads=args.threads,
+        latency_budget_s=args.latency_budget,
     )
     return compare_markdown(cmp), cmp.to_dict()
 
@@ -249,6 +275,8 @@ def cmd_sensitivity(args: argparse.Namespace):
         raise ModelscaleError(
             f"--strengths {args.strengths!r} must be comma-separated numbers, e.g. 0.3,0.5,0.9"
         ) from None
+    if not strengths:
+        raise ModelscaleError("--strengths is empty; give comma-separated numbers, e.g. 0.3,0.5,0.9")
     table = sensitivity(
         session.model,
         args.technique,
@@ -263,9 +291,17 @@ def cmd_sensitivity(args: argparse.Namespace):
 
 
 def cmd_export(args: argparse.Namespace):
+    from modelscale.engine.compat import check_exportable
     from modelscale.export import export_command
 
+    if args.repeats < 1:
+        raise ModelscaleError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.threads is not None and args.threads < 1:
+        raise ModelscaleError(f"--threads must be >= 1, got {args.threads}")
+    if args.quantize == "static" and not args.data:
+        raise ModelscaleError("--quantize static calibrates on data: give --data (e.g. the training data)")
     session = _session(args)
+    check_exportable(session.bundle.records, f"export of {args.model}")
     summary = export_command(
         session.bundle,
         args.out,
@@ -296,6 +332,10 @@ def cmd_scale(args: argparse.Namespace):
 
     if args.jobs < 1:
         raise ModelscaleError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.heartbeat < 1:
+        raise ModelscaleError(f"--heartbeat must be >= 1 second, got {args.heartbeat}")
+    if not args.join_wait >= 0 or args.join_wait == float("inf"):
+        raise ModelscaleError(f"--join-wait must be a finite number of seconds >= 0, got {args.join_wait}")
     return scale_command(
         args.study,
         store=args.store,
@@ -314,6 +354,8 @@ def cmd_search(args: argparse.Namespace):
     from modelscale.core.io import read_structured
     from modelscale.search import search
 
+    if args.threads < 1:
+        raise ModelscaleError(f"--threads must be >= 1, got {args.threads}")
     space = read_structured(args.space) if args.space else None
     result = search(
         args.model,
@@ -344,15 +386,20 @@ def cmd_fit_law(args: argparse.Namespace):
 
     if args.d and args.c:
         raise ModelscaleError("give --d or --c, not both")
+    if not 0 <= args.n_boot <= MAX_BOOT:
+        raise ModelscaleError(f"--n-boot must be in 0..{MAX_BOOT:,} (200 is typical), got {args.n_boot:,}")
     return fit_law_command(
         args.csv, n=args.n, loss=args.loss, d=args.d, c=args.c, n_boot=args.n_boot, seed=args.seed
     )
 
 
 def cmd_run(args: argparse.Namespace):
+    from modelscale.cli.guard import PartialFailure
     from modelscale.pipeline import run_command
 
-    return run_command(
+    if args.epochs is not None and args.epochs < 1:
+        raise ModelscaleError(f"--epochs must be >= 1, got {args.epochs}")
+    text, data = run_command(
         args.recipe,
         store=args.store,
         run_dir=args.run_dir,
@@ -360,6 +407,18 @@ def cmd_run(args: argparse.Namespace):
         epochs=args.epochs,
         allow_pickle=args.allow_pickle,
     )
+    variants = data["result"]["variants"]
+    failed = [v for v in variants if v["status"] != "completed"]
+    if failed:
+        first = failed[0]
+        raise PartialFailure(
+            f"{len(failed)} of {len(variants)} variant(s) failed: "
+            + "; ".join(f"{v['label']} ({v.get('error') or 'failed'})" for v in failed[:3])
+            + (" ..." if len(failed) > 3 else "")
+            + f"; see `modelscale runs show {first['run_id']}`",
+            (text, data),
+        )
+    return text, data
 
 
 def cmd_runs(args: argparse.Namespace):
@@ -369,6 +428,12 @@ def cmd_runs(args: argparse.Namespace):
         return pipeline.runs_list(store=args.store, recipe=args.recipe)
     if args.action == "compare":
         return pipeline.runs_compare(args.ids, store=args.store)
+    if args.action == "delete" and len(args.ids) > 1:
+        if not args.yes:
+            raise ModelscaleError(
+                f"`runs delete` was given {len(args.ids)} run ids; add --yes to delete all of them"
+            )
+        return pipeline.runs_delete(args.ids, store=args.store)
     if len(args.ids) != 1:
         raise ModelscaleError(f"`runs {args.action}` takes exactly one run id; see `modelscale runs list`")
     return getattr(pipeline, f"runs_{args.action}")(args.ids[0], store=args.store)

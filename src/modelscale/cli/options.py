@@ -52,12 +52,9 @@ def add_config_options(parser: argparse.ArgumentParser, config_cls: type[Config]
 
 
 def _parse_value(text: str) -> Any:
-    import yaml
+    from modelscale.core.io import parse_scalar
 
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+    return parse_scalar(text)
 
 
 def config_from_args(

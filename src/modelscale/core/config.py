@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -58,6 +59,8 @@ def check_range(
     """Raise a one-line error unless lo <= value <= hi (or < hi when hi_open)."""
     if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
         raise ModelscaleError(f"{name} must be a number, got {value!r}")
+    if isinstance(value, float) and value in (float("inf"), float("-inf")):
+        raise ModelscaleError(f"{name} must be a finite number, got {value!r}")
     if lo is not None and value < lo:
         raise ModelscaleError(f"{name} must be >= {lo}, got {value}")
     if hi is not None and (value >= hi if hi_open else value > hi):
@@ -195,6 +198,7 @@ class TechniqueConfig(Config):
 
 
 _HINTS_CACHE: dict[type, dict[str, Any]] = {}
+_NUMBER = re.compile(r"^[-+]?(?:\d[\d_]*(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?$")
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -249,6 +253,8 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
         return dict(value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str) and _NUMBER.match(value.strip()):
+        return float(value)  # "3e-4" quoted in a file, or read as text by YAML 1.1
     if hint in (int, float, str, bool) and not isinstance(value, hint):
         raise ModelscaleError(f"{name} must be {hint.__name__}, got {value!r}")
     if hint is int and isinstance(value, bool):

@@ -23,3 +23,7 @@ def check(condition: bool, message: str) -> None:
     """Raise `ModelscaleError(message)` unless `condition` holds."""
     if not condition:
         raise ModelscaleError(message)
+
+
+class ModelscaleWarning(UserWarning):
+    """Something a user may want to fix but can run with (the CLI prints it as one line)."""

@@ -71,13 +71,74 @@ def read_structured(path: str | Path) -> Any:
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            return yaml.safe_load(text)
+            return load_yaml(text, where=str(path))
         return json.loads(text)
+    except ModelscaleError:
+        raise
     except Exception as exc:  # noqa: BLE001 - reported as one line
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelscaleError(f"cannot parse {path}: {first}; fix the file's syntax") from None
+
+
+MAX_YAML_NODES = 100_000  # nodes after expanding aliases: a recipe or study is far smaller
+_E_FLOAT = r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"
+
+
+def _yaml_loader() -> Any:
+    """yaml.SafeLoader that also reads 3e-4 and 1e6 as numbers (YAML 1.1 wants a dot: 3.0e-4)."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(_E_FLOAT), list("-+0123456789."))
+    return Loader
+
+
+def load_yaml(text: str, *, where: str = "YAML") -> Any:
+    """Safe YAML with e-notation numbers and a cap on alias expansion (no 'billion laughs')."""
+    import yaml
+
+    loader = _yaml_loader()(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        sizes: dict[int, int] = {}
+
+        def size(n: Any) -> int:
+            if id(n) in sizes:
+                return sizes[id(n)]
+            sizes[id(n)] = MAX_YAML_NODES + 1  # a cycle counts as too large
+            if isinstance(n, yaml.SequenceNode):
+                total = 1 + sum(size(c) for c in n.value)
+            elif isinstance(n, yaml.MappingNode):
+                total = 1 + sum(size(k) + size(v) for k, v in n.value)
+            else:
+                total = 1
+            sizes[id(n)] = min(total, MAX_YAML_NODES + 1)
+            return sizes[id(n)]
+
+        if size(node) > MAX_YAML_NODES:
+            raise ModelscaleError(
+                f"{where}: expanding its aliases (&/*) gives more than {MAX_YAML_NODES:,} values; "
+                "write the values out or use fewer nested aliases"
+            )
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def parse_scalar(text: str) -> Any:
+    """One command-line value read as YAML (numbers, e-notation, lists, null); text if it is not YAML."""
+    try:
+        return load_yaml(text, where="the option value")
+    except ModelscaleError:
+        raise
+    except Exception:  # noqa: BLE001 - not YAML: the text itself
+        return text
 
 
 def save_torch(obj: Any, path: str | Path) -> Path:

@@ -49,6 +49,7 @@ class Technique:
     needs_calibration: bool = False  # reads ctx.calibration batches
     needs_gradients: bool = False  # uses ctx.loss_fn and backward passes
     trainable: bool = True  # False: no float weights are left to fine-tune (apply after training)
+    exports_onnx: bool = True  # False: its layers have no ONNX form (export before applying it)
     callbacks_fn: Callable[[Any], list[Any]] | None = None  # trainer callbacks a following fine-tune runs
     finalize_fn: Callable[[Any, Any], Any] | None = None  # after that fine-tune: (model, config) -> record
 
@@ -79,6 +80,7 @@ def register(
     needs_calibration: bool = False,
     needs_gradients: bool = False,
     trainable: bool = True,
+    exports_onnx: bool = True,
     callbacks: Callable[[Any], list[Any]] | None = None,
     finalize: Callable[[Any, Any], Any] | None = None,
 ):
@@ -107,6 +109,7 @@ def register(
             needs_calibration=needs_calibration,
             needs_gradients=needs_gradients,
             trainable=trainable,
+            exports_onnx=exports_onnx,
             callbacks_fn=callbacks,
             finalize_fn=finalize,
         )

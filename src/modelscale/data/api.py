@@ -184,6 +184,7 @@ def _split_classification(
         test_note = f"stratified {test_fraction:g} of all examples"
     full_train = len(parts["train"])
     parts["train"] = _subsample(parts["train"], labels, seed, data_fraction)
+    _warn_missing_classes(spec, labels, parts, arrays.class_names)
     image_like = arrays.x.ndim == 4
     if augment is not None and augment.active and not image_like:
         raise ModelscaleError(
@@ -217,6 +218,28 @@ def _split_classification(
         input_shape=tuple(int(d) for d in arrays.x.shape[1:]),
         meta=meta,
     )
+
+
+def _warn_missing_classes(
+    spec: str, labels: np.ndarray, parts: dict[str, np.ndarray], names: list[str]
+) -> None:
+    """Warn (once per split) when a class has no example in a split that is not empty."""
+    import warnings
+
+    from modelscale.core.errors import ModelscaleWarning
+
+    for split, rows in parts.items():
+        if len(rows) == 0:
+            continue
+        missing = sorted(set(range(len(names))) - set(np.unique(labels[rows]).tolist()))
+        if missing:
+            shown = ", ".join(f"class {c}" for c in missing[:5]) + (" ..." if len(missing) > 5 else "")
+            warnings.warn(
+                f"{spec}: the {split} split has no example of {shown}; add examples of it or expect "
+                f"{split} metrics that never test it",
+                ModelscaleWarning,
+                stacklevel=2,
+            )
 
 
 def _subsample(train: np.ndarray, labels: np.ndarray, seed: int, data_fraction: float) -> np.ndarray:

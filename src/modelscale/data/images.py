@@ -183,17 +183,55 @@ def read_npz(file: str) -> Arrays:
         ) from None
     if y.ndim != 1 or len(y) != len(x):
         raise ModelscaleError(f"{path}: y must have shape ({len(x)},) to match x, got {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
-        raise ModelscaleError(f"{path}: y must hold integer class labels 0..K-1, got dtype {y.dtype}")
+    if len(y) == 0:
+        raise ModelscaleError(f"{path} holds no examples (x and y are empty); save at least a few per class")
+    if not np.issubdtype(y.dtype, np.integer):
+        whole = np.issubdtype(y.dtype, np.floating) and bool(np.all(np.isfinite(y) & (y == np.round(y))))
+        hint = "; save y.astype(int)" if whole else " (regression targets are not supported)"
+        raise ModelscaleError(f"{path}: y must hold integer class labels 0..K-1, got dtype {y.dtype}{hint}")
+    if y.min() < 0:
+        rows = np.flatnonzero(y < 0)
+        raise ModelscaleError(
+            f"{path}: y holds {len(rows)} negative label(s) (e.g. {int(y[rows[0]])} at row {int(rows[0])}); "
+            "class labels must be 0..K-1, so relabel them (e.g. y - y.min())"
+        )
+    present = np.unique(y)
+    if len(present) < 2:
+        raise ModelscaleError(
+            f"{path}: y has only one class ({int(present[0])}); a classifier needs examples of at least two"
+        )
+    if len(present) != int(present[-1]) + 1:
+        shown = ", ".join(str(int(v)) for v in present[:8]) + (", ..." if len(present) > 8 else "")
+        raise ModelscaleError(
+            f"{path}: labels {{{shown}}} are not 0..K-1 ({int(present[-1]) + 1 - len(present)} unused class "
+            "id(s) would become output classes); relabel with np.unique(y, return_inverse=True)[1]"
+        )
     if x.dtype == np.uint8:
         xt, scale = torch.from_numpy(np.ascontiguousarray(x)), 1.0 / 255.0
     elif np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_:
+        if np.iscomplexobj(x):
+            raise ModelscaleError(f"{path}: x must be real numbers, got dtype {x.dtype}")
         xt, scale = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), None
+        check_finite(xt, str(path))
     else:
         raise ModelscaleError(f"{path}: x must be numeric, got dtype {x.dtype}")
     num_classes = int(y.max()) + 1 if len(y) else 0
     names = [str(i) for i in range(num_classes)]
     return Arrays(xt, torch.from_numpy(y.astype(np.int64)), names, scale=scale, meta={"source": str(path)})
+
+
+def check_finite(x: torch.Tensor, where: str) -> None:
+    """One line naming how many inputs are NaN or infinite, and the first row holding one."""
+    bad = ~torch.isfinite(x)
+    if not bool(bad.any()):
+        return
+    rows = bad.reshape(len(x), -1).any(dim=1).nonzero().flatten()
+    n_nan, n_inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
+    what = " and ".join(f"{n} {k}" for n, k in ((n_nan, "NaN"), (n_inf, "infinite (inf)")) if n)
+    raise ModelscaleError(
+        f"{where}: x holds {what} value(s), first in row {int(rows[0])} ({len(rows)} row(s) in all); "
+        "drop or impute those rows before training"
+    )
 
 
 # --- synthetic -------------------------------------------------------------------------------------

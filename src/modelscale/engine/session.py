@@ -102,20 +102,43 @@ def open_session(
     **model_kwargs: Any,
 ) -> Session:
     """Load the data, then the model sized for it, once; `input_shape` is a batch shape (1,3,32,32)."""
-    bundle_data = as_data_bundle(data, seed=seed)
-    per_example = tuple(input_shape[1:]) if input_shape else None
-    bundle = load_model(
-        model,
-        data=bundle_data,
-        input_shape=per_example,
-        num_classes=num_classes,
-        weights=weights,
-        allow_pickle=allow_pickle,
-        seed=seed,
-        **model_kwargs,
-    )
+    from modelscale.engine.compat import check_fits, check_input_shape, check_source_kind, model_label
+
     if calibration_batches < 0:
         raise ModelscaleError(f"calibration batches must be >= 0, got {calibration_batches}")
+    bundle_data = as_data_bundle(data, seed=seed)
+    check_input_shape(input_shape, bundle_data, None, "the model")
+    classes = (
+        bundle_data.num_classes if bundle_data is not None and bundle_data.task == "classification" else 0
+    )
+    if num_classes is not None and num_classes < classes:
+        raise ModelscaleError(
+            f"--num-classes {num_classes} is fewer than the {bundle_data.num_classes} classes of "
+            f"--data {bundle_data.name}; drop --num-classes (the data sets it)"
+        )
+    per_example = tuple(input_shape[1:]) if input_shape else None
+    check_source_kind(model, bundle_data)
+    try:
+        bundle = load_model(
+            model,
+            data=bundle_data,
+            input_shape=per_example,
+            num_classes=num_classes,
+            weights=weights,
+            allow_pickle=allow_pickle,
+            seed=seed,
+            **model_kwargs,
+        )
+    except ModelscaleError as exc:
+        if input_shape is not None and bundle_data is None and "input_shape" in str(exc):
+            raise ModelscaleError(f"--input-shape {','.join(map(str, input_shape))}: {exc}") from None
+        raise
+    label = model_label(model, bundle)
+    check_input_shape(input_shape, bundle_data, bundle, label)
+    example = None
+    if bundle_data is None and input_shape is not None:
+        example = example_inputs(bundle, None, 1, input_shape=tuple(input_shape))
+    check_fits(bundle, bundle_data, label=label, example=example)
     return Session(
         bundle,
         bundle_data,

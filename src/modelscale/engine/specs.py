@@ -14,6 +14,7 @@ from modelscale.core.config import Config, check_range, param
 from modelscale.core.errors import ModelscaleError
 from modelscale.data.augment import AugmentConfig
 
+MAX_MEASURE_BATCH = 1 << 16  # a latency batch beyond this is a typo (and would not fit in memory)
 METRICS = ("params", "size", "macs", "accuracy", "latency", "memory")
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
@@ -98,16 +99,16 @@ class MeasureSection(Config):
             if not _DEVICE.match(d):
                 raise ModelscaleError(f"devices must be cpu, cuda or cuda:N; got {d!r}")
         for b in self.batch_sizes:
-            check_range("batch_sizes", b, 1)
+            check_range("batch_sizes", b, 1, MAX_MEASURE_BATCH)
         for t in self.dtypes:
             if t not in DTYPES:
                 raise ModelscaleError(f"dtypes must be among {', '.join(DTYPES)}; got {t!r}")
         for m in self.metrics:
             if m not in METRICS:
                 raise ModelscaleError(f"metrics must be among {', '.join(METRICS)}; got {m!r}")
-        check_range("warmup", self.warmup, 0)
-        check_range("repeats", self.repeats, 1)
-        check_range("eval_batch_size", self.eval_batch_size, 1)
+        check_range("warmup", self.warmup, 0, 100_000)
+        check_range("repeats", self.repeats, 1, 1_000_000)
+        check_range("eval_batch_size", self.eval_batch_size, 1, MAX_MEASURE_BATCH)
         for label in ("threads", "max_batches"):
             if getattr(self, label) is not None:
                 check_range(label, getattr(self, label), 1)

@@ -310,9 +310,11 @@ def _default_teacher(session: Session) -> Callable[[str], ModelBundle]:
 
 
 def _distill(session: Session, spec: DistillStep, find_teacher: Callable[[str], ModelBundle]) -> StepOutcome:
+    from modelscale.engine.compat import check_fits
     from modelscale.techniques.distill import distill
 
     teacher = find_teacher(spec.teacher)
+    check_fits(teacher, session.data, label=f"the teacher {spec.teacher}")
     student = session.bundle
     if spec.student is not None:
         student = build_section(spec.student, session, seed=spec.train.seed)

@@ -117,6 +117,9 @@ def resolve(name: str) -> tuple[ModelFamily, str | None]:
     raise ModelscaleError(f"unknown model {name!r}; valid: {', '.join(list_models())}")
 
 
+MAX_MULTIPLIER = 1000.0  # width/depth beyond this is a typo, not a model
+
+
 def check_args(num_classes: Any, input_shape: Any, width: Any, depth: Any, dropout: Any) -> ModelArgs:
     """Validate the shared arguments and return them as a `ModelArgs`."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
@@ -139,6 +142,8 @@ def check_args(num_classes: Any, input_shape: Any, width: Any, depth: Any, dropo
             or value <= 0
         ):
             raise ModelscaleError(f"{label} must be a number > 0 (a size multiplier), got {value!r}")
+        if value > MAX_MULTIPLIER:
+            raise ModelscaleError(f"{label} must be <= {MAX_MULTIPLIER} (a size multiplier), got {value!r}")
     if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0.0 <= dropout < 1.0:
         raise ModelscaleError(f"dropout must be a number in [0, 1), got {dropout!r}")
     return ModelArgs(

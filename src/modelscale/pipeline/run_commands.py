@@ -61,7 +61,7 @@ def _headlines(db: RunStore, run_id: str) -> dict[int, dict[str, float]]:
 
 def _with_store(store: Any, fn: Any) -> tuple[str, Any]:
     own = not isinstance(store, RunStore)
-    db = open_store(store)
+    db = open_store(store, create=False)  # reading never creates a store
     try:
         return fn(db)
     finally:
@@ -140,6 +140,12 @@ def runs_list(
     *, store: RunStore | str | Path | None = None, recipe: str | None = None
 ) -> tuple[str, list[dict[str, Any]]]:
     """`modelscale runs list`: every run in the store, oldest first."""
+
+    from modelscale.pipeline.store import DEFAULT_STORE
+
+    location = DEFAULT_STORE if store is None else store
+    if not isinstance(location, RunStore) and "://" not in str(location) and not Path(location).exists():
+        return f"no runs: there is no run store at {location} yet", []
 
     def go(db: RunStore) -> tuple[str, list[dict[str, Any]]]:
         runs = db.runs(recipe=recipe)
@@ -319,16 +325,25 @@ def runs_compare(
     return _with_store(store, go)
 
 
-def runs_delete(run_id: str, *, store: RunStore | str | Path | None = None) -> tuple[str, dict[str, Any]]:
-    """`modelscale runs delete ID`: remove a run's records from the store (its files are kept)."""
+def runs_delete(
+    run_id: str | list[str], *, store: RunStore | str | Path | None = None
+) -> tuple[str, dict[str, Any]]:
+    """`modelscale runs delete ID...`: remove runs' records from the store (their files are kept).
+
+    Every id (or unique prefix) is resolved before anything is deleted, so one unknown id deletes none."""
+    ids = [run_id] if isinstance(run_id, str) else list(run_id)
 
     def go(db: RunStore) -> tuple[str, dict[str, Any]]:
-        run = db.delete_run(run_id)
-        folder = Path(run["run_dir"]) / run["variant"]
-        return (
-            f"deleted run {run['id']} ({run['recipe']} {run['label']}) from {db.location}; "
-            f"its files in {folder} were kept",
-            {"deleted": run["id"], "folder": str(folder)},
-        )
+        runs = [db.run(rid) for rid in ids]
+        lines, deleted = [], []
+        for run in {r["id"]: r for r in runs}.values():
+            db.delete_run(run["id"])
+            folder = Path(run["run_dir"]) / run["variant"]
+            lines.append(
+                f"deleted run {run['id']} ({run['recipe']} {run['label']}) from {db.location}; "
+                f"its files in {folder} were kept"
+            )
+            deleted.append({"deleted": run["id"], "folder": str(folder)})
+        return "\n".join(lines), deleted[0] if isinstance(run_id, str) else {"deleted": deleted}
 
     return _with_store(store, go)

@@ -102,7 +102,10 @@ def run_recipe(
     """
     plan = recipe if isinstance(recipe, RecipePlan) else load_recipe(recipe)
     run_path = Path(run_dir) if run_dir is not None else Path("runs") / plan.name
+    data_cache: dict[str, Any] = {}
     _preflight(plan, run_path, resume, allow_pickle)
+    for r in plan.variants:
+        _check_up_front(r, data_cache, allow_pickle)
     own_store = not isinstance(store, RunStore)
     with run_lock(run_path):
         db = open_store(store)
@@ -110,7 +113,6 @@ def run_recipe(
             from modelscale.core.io import write_json
 
             write_json(run_path / "recipe.json", plan.data)
-            data_cache: dict[str, Any] = {}
             say = Printer(progress)
             fresh: set[str] = set()  # variant folders (re)computed by this call
             results = []
@@ -159,6 +161,41 @@ def _preflight(plan: RecipePlan, run_path: Path, resume: bool, allow_pickle: boo
                     f"{run_path / recipe.variant.slug / step.folder} holds the result of a different recipe "
                     "(model, data or steps changed); use a new run_dir, or resume=False to start over"
                 )
+
+
+def _check_up_front(recipe: Recipe, cache: dict[str, Any], allow_pickle: bool) -> None:
+    """Everything that would only fail later, checked before the first step of any variant: the data
+    loads (finite, labels 0..K-1), the model fits it, each technique fits the model's family, and no
+    export follows layers that have no ONNX form."""
+    from modelscale.core.registry import get_technique
+    from modelscale.engine.compat import check_exportable, check_fits, check_source_kind, check_technique
+    from modelscale.engine.session import Session
+    from modelscale.engine.steps import build_section
+
+    key = json.dumps(recipe.data.to_dict(), sort_keys=True)
+    if key not in cache:
+        try:
+            cache[key] = recipe.data.load()
+        except ModelscaleError as exc:
+            raise ModelscaleError(f"data: {exc}") from None
+    data = cache[key]
+    section = ModelSection(load=recipe.baseline_load) if recipe.baseline_load else recipe.model
+    label = section.load or section.name
+    try:
+        if section.name:
+            check_source_kind(section.name, data)
+        session = Session(None, data, seed=recipe.data.seed, allow_pickle=allow_pickle, progress=False)
+        bundle = build_section(section, session)
+        check_fits(bundle, data, label=label)
+    except ModelscaleError as exc:
+        raise ModelscaleError(f"model: {exc}") from None
+    applied: list[str] = [r.technique for r in bundle.records]
+    for i, step in enumerate(recipe.steps):
+        if step.kind == "technique":
+            check_technique(get_technique(step.config.type), bundle, f"steps[{i}]")
+            applied.append(step.config.type)
+        elif step.kind == "export":
+            check_exportable(applied, f"steps[{i}]")
 
 
 def _all_steps(recipe: Recipe) -> list[Step]:

@@ -144,13 +144,35 @@ class _SqlAlchemy:
 class RunStore:
     """Records of recipe runs. `location`: a file path (SQLite) or an SQLAlchemy URL."""
 
-    def __init__(self, location: str | Path = DEFAULT_STORE) -> None:
+    def __init__(self, location: str | Path = DEFAULT_STORE, *, create: bool = True) -> None:
+        """`create=False` (readers: runs list/show, report) never makes a store that is not there."""
+        import sqlite3
+
         self.location = str(location)
         if "://" in self.location:
             self._db: Any = _SqlAlchemy(self.location)
-        else:
-            self._db = _Sqlite(Path(self.location))
-        self._create()
+            self._create()
+            return
+        path = Path(self.location)
+        if path.is_dir():
+            raise ModelscaleError(f"run store {path} is a folder; give a file, e.g. {path / 'modelscale.db'}")
+        if not create and not path.is_file():
+            raise ModelscaleError(
+                f"no run store at {path}; run a recipe first (modelscale run RECIPE) or give --store"
+            )
+        try:
+            self._db = _Sqlite(path)
+            self._create()
+        except sqlite3.Error as exc:
+            if getattr(self, "_db", None) is not None:
+                self._db.close()
+            raise ModelscaleError(
+                f"cannot use run store {path} ({exc}); give a run store made by modelscale or a new file path"
+            ) from None
+        except OSError as exc:
+            raise ModelscaleError(
+                f"cannot open run store {path} ({exc.strerror or exc}); give a writable file path"
+            ) from None
 
     def __repr__(self) -> str:
         return f"RunStore({self.location!r})"
@@ -374,8 +396,9 @@ class RunStore:
         """One run by id or unique id prefix."""
         if not isinstance(run_id, str) or not run_id:
             raise ModelscaleError("give a run id (see `modelscale runs list`)")
+        # a literal prefix: no LIKE, so '_' and '%' in what the user typed match only themselves
         rows = self._db.query(
-            "SELECT * FROM runs WHERE id LIKE :p ORDER BY id", {"p": run_id.replace("%", "") + "%"}
+            "SELECT * FROM runs WHERE substr(id, 1, :n) = :p ORDER BY id", {"n": len(run_id), "p": run_id}
         )
         exact = [r for r in rows if r["id"] == run_id]
         if exact:
@@ -414,7 +437,14 @@ def _decode(row: dict[str, Any]) -> dict[str, Any]:
     out = dict(row)
     for key in ("config", "sweep", "summary"):
         if isinstance(out.get(key), str):
-            out[key] = json.loads(out[key])
+            try:
+                out[key] = json.loads(out[key])
+            except ValueError:
+                what = out.get("id") or out.get("run_id")
+                raise ModelscaleError(
+                    f"the run store holds a corrupt row (the {key} of run {what} is not JSON); "
+                    f"delete that run (modelscale runs delete {what}) or restore the store from a copy"
+                ) from None
     return out
 
 
@@ -439,8 +469,8 @@ def headline(rows: Iterable[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def open_store(store: RunStore | str | Path | None = None) -> RunStore:
+def open_store(store: RunStore | str | Path | None = None, *, create: bool = True) -> RunStore:
     """A RunStore from an instance, a path or URL, or None (the default `runs/modelscale.db`)."""
     if isinstance(store, RunStore):
         return store
-    return RunStore(DEFAULT_STORE if store is None else store)
+    return RunStore(DEFAULT_STORE if store is None else store, create=create)

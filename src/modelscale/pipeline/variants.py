@@ -24,6 +24,7 @@ from modelscale.core.errors import ModelscaleError
 Path_ = tuple[str | int, ...]
 SCALARS = (str, int, float, bool, type(None))
 MAX_SLUG = 80
+MAX_VARIANTS = 1000  # each variant is a full run: more is a typo or a job for `modelscale search`
 
 
 @dataclass
@@ -115,6 +116,14 @@ def expand_sweeps(data: dict[str, Any]) -> list[Variant]:
             )
     if not sweeps:
         return [Variant("default", "default", copy.deepcopy(data))]
+    count = 1
+    for _, values in sweeps:
+        count *= len(values)
+    if count > MAX_VARIANTS:
+        raise ModelscaleError(
+            f"the recipe's sweeps give {count:,} variants (limit {MAX_VARIANTS:,}); sweep fewer values "
+            "or split the recipe"
+        )
     names = _short_names([p for p, _ in sweeps])
     variants, slugs = [], set()
     for combo in itertools.product(*(values for _, values in sweeps)):

@@ -58,7 +58,7 @@ def _build(run_ids: list[str] | str, *, store: Any, out_dir: str | Path, title: 
     from modelscale.report.html import to_html, to_markdown
 
     own = not isinstance(store, RunStore)
-    db = open_store(store)
+    db = open_store(store, create=False)  # a report reads the store; it never creates one
     try:
         runs = collect_runs(run_ids, db)
         location = db.location

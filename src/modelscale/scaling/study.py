@@ -342,6 +342,35 @@ def _frontier(result: Any, out: Path, plots: bool, figures: list[str]) -> Any:
     return frontier
 
 
+def check_sweep_fits(cfg: SweepConfig) -> None:
+    """Before any point trains: the data loads (finite, labels 0..K-1) and the family fits it."""
+    from modelscale.data import load_data
+    from modelscale.engine.compat import check_fits, check_source_kind
+    from modelscale.models import build_model, model_spec
+    from modelscale.models.loading import ModelBundle
+
+    try:
+        data = load_data(
+            cfg.data,
+            seed=cfg.data_seed,
+            block_size=cfg.block_size,
+            max_bytes=cfg.max_bytes,
+            **cfg.data_options,
+        )
+    except ModelscaleError as exc:
+        raise ModelscaleError(f"{cfg.name}: data: {exc}") from None
+    if "weights" in cfg.model_options:
+        return  # the point loader checks trust first; its first forward checks the fit
+    check_source_kind(cfg.model, data)
+    kwargs = dict(cfg.model_options, num_classes=data.num_classes, input_shape=data.input_shape)
+    kwargs.update(width=min(cfg.widths), depth=min(cfg.depths))  # as a point builds it (scaling/point.py)
+    try:
+        bundle = ModelBundle(build_model(cfg.model, **kwargs), model_spec(cfg.model, **kwargs), [])
+        check_fits(bundle, data, label=cfg.model)
+    except ModelscaleError as exc:
+        raise ModelscaleError(f"{cfg.name}: model: {exc}") from None
+
+
 def scale_command(
     config_path_or_dict: str | Path | dict[str, Any],
     *,
@@ -363,6 +392,8 @@ def scale_command(
     to `<out>/<name>/` (default out: runs/scale). Returns (Markdown text, JSON-safe data).
     """
     configs = [SweepConfig.from_dict(c) if isinstance(c, dict) else c for c in _configs(config_path_or_dict)]
+    for cfg in configs:
+        check_sweep_fits(cfg)
     base = Path(out) if out is not None else Path("runs/scale")
     texts, studies = [], []
     for cfg in configs:

@@ -16,6 +16,17 @@ from typing import ClassVar, Literal
 from modelscale.core.config import Config, check_range, param
 from modelscale.core.errors import ModelscaleError
 
+# Upper bounds: a value past these is a typo (1e20 epochs), never a plan.
+MAX_COUNTS = {
+    "epochs": 100_000,
+    "batch_size": 1 << 20,
+    "grad_accum": 1 << 16,
+    "step_size": 10**9,
+    "warmup_steps": 10**9,
+    "max_steps": 10**9,
+    "patience": 100_000,
+}
+
 
 @dataclass(kw_only=True)
 class TrainConfig(Config):
@@ -85,6 +96,10 @@ class TrainConfig(Config):
             _check_int("patience", self.patience, 1)
         if self.max_steps is not None:
             _check_int("max_steps", self.max_steps, 1)
+        for name, cap in MAX_COUNTS.items():
+            value = getattr(self, name)
+            if value is not None and value > cap:
+                raise ModelscaleError(f"{name} must be <= {cap:,}, got {value:,}; use a realistic value")
         check_range("lr", self.lr, 0.0)
         if self.lr <= 0:
             raise ModelscaleError(f"lr must be > 0, got {self.lr}")

@@ -1,7 +1,7 @@
 """Evaluate a model on a dataset: mean cross-entropy, accuracy, top-5 (classification) or bits per byte (lm).
 
 Classification: loss = mean over examples of −log softmax(z)_y; accuracy = share with argmax z = y;
-top5 = share with y among the 5 largest logits (k = number of classes when fewer than 5).
+top5 = share with y among the 5 largest logits (only with more than 5 classes: else it is always 1).
 Language modelling (logits (B, T, V), targets (B, T)): the same per token, and
 bits_per_byte = loss / ln 2 (each token is one byte).
 
@@ -53,8 +53,10 @@ def eval_sums(
                 logits = logits.float().reshape(-1, logits.shape[-1])
                 y = y.reshape(-1)
                 hits = logits.topk(min(5, logits.shape[-1]), dim=-1).indices == y[:, None]
+                # top-5 of 5 or fewer classes is always 1: NaN marks it as not reported
+                top5 = hits.any(dim=-1).sum() if logits.shape[-1] > 5 else torch.tensor(float("nan"))
                 sums += torch.stack(
-                    [F.cross_entropy(logits, y, reduction="sum"), hits[:, 0].sum(), hits.any(dim=-1).sum()]
+                    [F.cross_entropy(logits, y, reduction="sum"), hits[:, 0].sum(), top5.to(hits.device)]
                 ).double()
                 count += y.numel()
     finally:
@@ -69,6 +71,8 @@ def metrics_from_sums(sums: torch.Tensor, task: str) -> dict[str, float]:
     loss = loss_sum / count
     if task == "lm":
         return {"loss": loss, "accuracy": correct / count, "bits_per_byte": loss / math.log(2)}
+    if math.isnan(top5):  # 5 or fewer classes: top-5 accuracy would be 1 by construction
+        return {"loss": loss, "accuracy": correct / count}
     return {"loss": loss, "accuracy": correct / count, "top5": top5 / count}
 
 

@@ -43,6 +43,7 @@ from modelscale.train.checkpoint import (
     save_checkpoint,
 )
 from modelscale.train.config import TrainConfig
+from modelscale.train.divergence import check_diverged
 from modelscale.train.early_stopping import BestTracker
 from modelscale.train.evaluate import TASKS, eval_sums, metrics_from_sums
 from modelscale.train.losses import criterion as criterion_for
@@ -285,6 +286,9 @@ def _run(
             if sharded:
                 fsdp.broadcast_buffers(model, info)  # rank 0's BatchNorm statistics, as under DDP
             _end_epoch(state, best, data.task, val_loader, autocast, info, loss_sum, micro, last_lr, t_epoch)
+            check_diverged(
+                model, train_loss=state.history[-1]["train_loss"], epoch=epoch, step=state.step, lr=config.lr
+            )
             if bar is not None:
                 bar.epoch(state.history[-1])
             cbs.call("on_epoch_end", state)
