@@ -19,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import math
 import statistics
 import time
@@ -27,6 +28,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 SLOW_FACTOR = 2.0  # a path this much slower than float on its first call is timed no further
 SLOW_MS = 1.0
@@ -160,3 +162,44 @@ def nearest_batch(rows: int, batches: tuple[int, ...]) -> int:
     """The measured row count closest to `rows` on a log scale (ties go to the larger)."""
     target = math.log2(max(rows, 1))
     return min(batches, key=lambda b: (abs(math.log2(b) - target), -b))
+
+
+def pick(timings: dict[str, Timing], names: list[str]) -> str:
+    """prefer="speed" ("float" among `names`): the fastest integer path if it measured at least as fast
+    as the float original, else the float copy; prefer="size": the fastest quantized path."""
+    if "float" not in names:
+        return fastest(timings, names)
+    integer = fastest(timings, [n for n in names if n.startswith("int")])
+    return integer if integer is not None and timings[integer].ratio >= 1.0 else "float"
+
+
+def measure_layer(layer: Any, batch: int, paths: list, layouts: dict, device: torch.device,
+                  cache: ChoiceCache | None = None) -> dict[str, Timing]:  # fmt: skip
+    """Time each of `paths` of a weight-only Linear `layer` at `batch` rows against an nn.Linear of the
+    same shape (Python call overhead included on both sides); cached by format, paths, shape, rows,
+    dtype, device and threads."""
+    cache = PROCESS_CACHE if cache is None else cache
+    what = (layer.format, *(p.name for p in paths))
+    key = cache_key(what, (layer.out_features, layer.in_features), batch, layer.weight_dtype, device)
+    found = cache.get(key)
+    if found is not None:
+        return found
+    x = torch.randn(batch, layer.in_features, generator=torch.Generator().manual_seed(batch))
+    x = x.to(device, layer.weight_dtype)
+    reference = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+    reference = reference.to(device, layer.weight_dtype).requires_grad_(False)
+    with torch.no_grad():
+        reference.weight.copy_(layer.dequantize().view(layer.out_features, -1))
+        if layer.bias is not None:
+            reference.bias.copy_(layer.bias)
+    fns = {}
+    for path in paths:  # a shallow copy per path shares every tensor and runs the layer's real forward
+        probe = copy.copy(layer)
+        probe._layouts, probe._device = layouts, device
+        probe._set_route([(batch, path)])
+        fns[path.name] = lambda probe=probe: probe(x)
+    timings = time_paths(
+        lambda: reference(x), fns, budget_s=layer.tune_ms / 1e3, device=device, keep=["float"]
+    )
+    cache.put(key, timings)
+    return timings

@@ -35,7 +35,6 @@ Example::
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -256,8 +255,8 @@ class WeightOnlyLayer(QuantizedLayer):
         dropped: dict[str, float] = {}
         for batch in self.batches:
             timed = [p for p in options if p.name not in dropped]
-            timings = self._measure(batch, timed, layouts, device)
-            best = self._pick(timings, [p.name for p in timed])
+            timings = kernel_choice.measure_layer(self, batch, timed, layouts, device, self.cache)
+            best = kernel_choice.pick(timings, [p.name for p in timed])
             path = next(p for p in timed if p.name == best)
             for name, t in timings.items():
                 if t.ratio * kernel_choice.SLOW_FACTOR < 1 and name not in (best, "float"):
@@ -269,14 +268,6 @@ class WeightOnlyLayer(QuantizedLayer):
             self.choices.append(choice)
             route.append((batch, path))
         self._keep(route, layouts)
-
-    def _pick(self, timings: dict[str, kernel_choice.Timing], names: list[str]) -> str:
-        """speed: the fastest integer path if it measured at least as fast as the float original, else the
-        float copy; size (no "float" among `names`): the fastest quantized path."""
-        if "float" not in names:
-            return kernel_choice.fastest(timings, names)
-        integer = kernel_choice.fastest(timings, [n for n in names if n.startswith("int")])
-        return integer if integer is not None and timings[integer].ratio >= 1.0 else "float"
 
     def _usable_paths(
         self, device: torch.device, float_weight: torch.Tensor | None
@@ -306,34 +297,6 @@ class WeightOnlyLayer(QuantizedLayer):
             else:
                 self.skipped[path.name] = problem
         return usable, layouts
-
-    def _measure(self, batch: int, paths: list[Path], layouts: dict, device: torch.device) -> dict:
-        cache = kernel_choice.PROCESS_CACHE if self.cache is None else self.cache
-        what = (self.format, *(p.name for p in paths))
-        key = kernel_choice.cache_key(
-            what, (self.out_features, self.in_features), batch, self.weight_dtype, device
-        )
-        found = cache.get(key)
-        if found is not None:
-            return found
-        x = torch.randn(batch, self.in_features, generator=torch.Generator().manual_seed(batch))
-        x = x.to(device, self.weight_dtype)
-        reference = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
-        reference = reference.to(device, self.weight_dtype).requires_grad_(False)
-        reference.weight.copy_(self.dequantize().view(self.out_features, -1))
-        if self.bias is not None:
-            reference.bias.copy_(self.bias)
-        fns = {}
-        for path in paths:  # a shallow copy per path shares every tensor and runs the real forward
-            probe = copy.copy(self)
-            probe._layouts, probe._device = layouts, device
-            probe._set_route([(batch, path)])
-            fns[path.name] = lambda probe=probe: probe(x)
-        # the float original is an nn.Linear call, Python overhead included, like this layer's
-        timings = kernel_choice.time_paths(lambda: reference(x), fns,
-                                           budget_s=self.tune_ms / 1e3, device=device, keep=["float"])  # fmt: skip
-        cache.put(key, timings)
-        return timings
 
     def _keep(self, route: list[tuple[int, Path]], layouts: dict[str, kernels.Layout]) -> None:
         used = {p.layout for _, p in route}
