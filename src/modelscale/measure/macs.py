@@ -196,6 +196,14 @@ def _int8_conv_flops(
     return 2 * total * per_output
 
 
+def _int8_linear_flops(x_shape: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    """FLOPs of oneDNN's int8 Linear (qlinear_pointwise): 2 · output elements · in_features."""
+    total = 1
+    for d in out_shape:
+        total *= d
+    return 2 * total * x_shape[-1]
+
+
 def _extra_formulas() -> dict[Any, Any]:
     """Ops FlopCounterMode does not know: CPU flash attention, fused attention, int8 products and convs."""
     import torch
@@ -211,4 +219,6 @@ def _extra_formulas() -> dict[Any, Any]:
     onednn = getattr(torch.ops, "onednn", None)
     if onednn is not None and hasattr(onednn, "qconv2d_pointwise"):
         ops[onednn.qconv2d_pointwise] = _int8_conv_flops
+    if onednn is not None and hasattr(onednn, "qlinear_pointwise"):
+        ops[onednn.qlinear_pointwise] = _int8_linear_flops
     return ops
