@@ -66,6 +66,7 @@ from modelscale.techniques.quantize.common import layer_row as _layer_row
 from modelscale.techniques.quantize.kernels import INT4_KERNEL_GROUPS, Path  # noqa: F401 - re-exported
 
 KERNELS = ("auto", "torch", "dequant")
+RUNTIME = "runtime_"  # prefix of the non-persistent buffers holding a chosen path's tensors
 
 
 @dataclass(kw_only=True)
@@ -307,6 +308,10 @@ class WeightOnlyLayer(QuantizedLayer):
         integer = [self._layouts[k] for k in used if k.startswith("int")]
         if integer and all(lay.invertible for lay in integer) and "canonical" not in used:
             del self._buffers["qweight"]  # one copy resident: the kernel's layout gives the codes back
+        # runtime tensors are non-persistent buffers: memory reports count them, state dicts skip them
+        for kind, lay in self._layouts.items():
+            for i, t in enumerate(kernels._flat_tensors(lay.tensors)):
+                self.register_buffer(f"{RUNTIME}{kind}_{i}", t, persistent=False)
 
     def _set_route(self, route: list[tuple[int, Path]]) -> None:
         self._route = sorted(route, key=lambda r: r[0])
@@ -317,9 +322,13 @@ class WeightOnlyLayer(QuantizedLayer):
             self._fast = (self._device, path, self._layouts[path.layout], self.bias)
 
     def _materialize(self) -> None:
-        """Put the codes back into the `qweight` buffer (before loading, moving or re-choosing)."""
+        """Put the codes back into the `qweight` buffer and drop the runtime buffers (before loading,
+        moving or re-choosing)."""
         if "qweight" not in self._buffers:
             self._buffers["qweight"] = self.stored_qweight()
+        for name in [n for n in self._buffers if n.startswith(RUNTIME)]:
+            del self._buffers[name]
+            self._non_persistent_buffers_set.discard(name)
 
     def _rebuild(self) -> None:
         """Rebuild the runtime layouts from the (new) codes, keeping the chosen paths."""
@@ -356,16 +365,8 @@ class WeightOnlyLayer(QuantizedLayer):
 
     def resident_bytes(self) -> int:
         """Bytes this layer keeps in memory now: saved buffers still resident plus runtime layouts."""
-        tensors = [t for t in self._buffers.values() if t is not None] + list(self.parameters(recurse=False))
-        seen = {id(t) for t in tensors}
-        extra = [
-            t
-            for lay in self._layouts.values()
-            for t in kernels._flat_tensors(lay.tensors)
-            if id(t) not in seen
-        ]
-        uniq = {id(t): t for t in tensors + extra}
-        return sum(t.numel() * t.element_size() for t in uniq.values())
+        tensors = {id(t): t for t in [*self.buffers(recurse=False), *self.parameters(recurse=False)]}
+        return sum(t.numel() * t.element_size() for t in tensors.values())
 
     # --- forward ------------------------------------------------------------------------------------
     def _path_for(self, x: torch.Tensor) -> Path | None:
