@@ -31,10 +31,12 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -152,6 +154,21 @@ def count_macs(model: nn.Module, example_inputs: Any) -> tuple[int, dict[str, in
 
     report = measure_macs(model, example_inputs)
     return report.macs, {row.name: row.macs for row in report.layers}
+
+
+@contextlib.contextmanager
+def _no_bare_errors(stage: str) -> Iterator[None]:
+    """Turn a failure inside Torch-Pruning or the pruned model's forward into a one-line error."""
+    try:
+        yield
+    except ModelscaleError:
+        raise
+    except Exception as exc:
+        first = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise ModelscaleError(
+            f"structured_prune failed: {stage} ({type(exc).__name__}: {first}); exclude the layers of the "
+            "block it names with target.exclude, or prune this model with magnitude_prune or lowrank_svd"
+        ) from exc
 
 
 def _accumulate_grads(model: nn.Module, batches: list, loss_fn) -> None:
@@ -390,16 +407,18 @@ def structured_prune(model: nn.Module, config: StructuredPruneConfig, ctx: Apply
         notes.append(f"ratio_of=params: channel ratio {channel_ratio:.4f} removes {found:.2%} of parameters")
     history: list[dict[str, Any]] = []
     if channel_ratio > 0:
-        history, prune_notes = _prune_in_place(
-            model, config, ctx, channel_ratio, config.iterative_steps, batches
-        )
+        with _no_bare_errors("while removing channels"):
+            history, prune_notes = _prune_in_place(
+                model, config, ctx, channel_ratio, config.iterative_steps, batches
+            )
         notes.extend(prune_notes)
     else:
         notes.append("ratio 0: nothing pruned")
     after = snapshot(model)
     changes = structure_diff(before, after)
     params_after = count_params(model)
-    macs_after, layer_macs_after = count_macs(model, trace_inputs(model, ctx.example_inputs))
+    with _no_bare_errors("the pruned model no longer runs"):
+        macs_after, layer_macs_after = count_macs(model, trace_inputs(model, ctx.example_inputs))
     rows = _layer_rows(before, after, changes, layer_macs_before, layer_macs_after, model)
     changed = {r["name"] for r in rows}
     kept = [n for n, m in select_modules(model, config.target) if n not in changed and _out_width(m)]

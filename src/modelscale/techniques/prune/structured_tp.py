@@ -167,12 +167,107 @@ def output_producers(dg) -> list[nn.Module]:
 
 
 def trace(tp, model: nn.Module, inputs: Any, **kwargs: Any):
-    """Torch-Pruning's pruner (it traces the model); its failures become one-line errors."""
+    """Torch-Pruning's pruner (it traces the model); every failure becomes a one-line ModelscaleError.
+
+    The dependency graph is built and checked first (`check_traceable`), so a model Torch-Pruning cannot
+    map channels through is refused in seconds instead of failing deep inside it or running for minutes."""
+    check_traceable(tp, model, inputs, kwargs)
     try:
         return tp.pruner.BasePruner(model, inputs, **kwargs)
-    except (RuntimeError, TypeError, ValueError, AssertionError, IndexError, KeyError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    except Exception as exc:
+        raise _trace_error(exc) from exc
+
+
+def check_traceable(tp, model: nn.Module, inputs: Any, kwargs: dict[str, Any]) -> None:
+    """Refuse models whose channels Torch-Pruning cannot follow, naming the reason and the place.
+
+    - a reshape that splits channels into groups (ShuffleNet's channel shuffle) breaks its index mapping;
+    - reshapes that fold channels together with spatial or window dimensions inside the network (window
+      attention: Swin, MaxViT) make each channel stand for many flattened indices, and grouping them
+      blows up (minutes to hours) or fails. One such reshape right before a classifier (VGG's flatten)
+      is fine."""
+    from torch_pruning.dependency.index_mapping import _FlattenIndexMapping
+
+    try:
+        graph = tp.DependencyGraph().build_dependency(
+            model,
+            example_inputs=inputs,
+            forward_fn=kwargs.get("forward_fn"),
+            output_transform=kwargs.get("output_transform"),
+            customized_pruners=kwargs.get("customized_pruners"),
+        )
+    except Exception as exc:
+        raise _trace_error(exc, model) from exc
+    folds = [
+        node
+        for node in graph.module2node.values()
+        if any(isinstance(m, _FlattenIndexMapping) for d in node.dependencies for m in d.index_mapping)
+        and type(node.module).__module__.startswith("torch_pruning")
+    ]
+    if len(folds) > 1:
+        where = _nearest_layer(model, folds[0])
         raise ModelscaleError(
-            f"Torch-Pruning could not trace this model ({type(exc).__name__}: {first}); "
-            "check example_inputs, or narrow config.target to the layers it can handle"
-        ) from exc
+            f"structured_prune cannot follow channels through this model: {len(folds)} reshapes fold channels "
+            f"together with other dimensions inside the network (the first after {where}; window attention "
+            "as in Swin/MaxViT), which Torch-Pruning cannot map; no target exclusion avoids it (the whole "
+            f"graph is traced): {_ALTERNATIVES}"
+        )
+
+
+def _nearest_layer(model: nn.Module, node: Any) -> str:
+    """Name of the closest real layer feeding a Torch-Pruning graph node (for messages)."""
+    names = {id(m): n for n, m in model.named_modules()}
+    stack, seen = [node], set()
+    while stack:
+        current = stack.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if id(current.module) in names and names[id(current.module)]:
+            return names[id(current.module)]
+        stack.extend(current.inputs)
+    return "the input"
+
+
+_GRAPH_STEPS = {
+    "update_reshape_index_mapping": "a reshape that splits channels into groups (a channel shuffle, as in ShuffleNet)",
+    "update_concat_index_mapping": "a concatenation whose input widths it could not infer (Swin's patch merging)",
+    "update_split_index_mapping": "a split whose widths it could not infer",
+}
+_ALTERNATIVES = "use magnitude_prune, lowrank_svd or a quantizer for this model"
+
+
+def _trace_error(exc: BaseException, model: nn.Module | None = None) -> ModelscaleError:
+    """A one-line error naming the step of Torch-Pruning that failed and, where known, the place."""
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    names = [f.f_code.co_name for f in frames]
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+    for step, what in _GRAPH_STEPS.items():
+        if step in names:
+            frame = frames[names.index(step)]
+            node = next(
+                (
+                    frame.f_locals.get(k)
+                    for k in ("reshape_node", "cat_node", "split_node", "node")
+                    if frame.f_locals.get(k) is not None
+                ),
+                None,
+            )
+            where = f" after {_nearest_layer(model, node)}" if model is not None and node is not None else ""
+            return ModelscaleError(
+                f"structured_prune cannot follow channels through {what}{where} ({type(exc).__name__}: {first}); "
+                f"no target exclusion avoids it (Torch-Pruning traces the whole graph): {_ALTERNATIVES}"
+            )
+    if "build_dependency" in names:
+        return ModelscaleError(
+            f"Torch-Pruning could not build this model's dependency graph ({type(exc).__name__}: {first}); "
+            f"check example_inputs (no target exclusion avoids it: the whole graph is traced), or {_ALTERNATIVES}"
+        )
+    return ModelscaleError(
+        f"Torch-Pruning could not trace this model ({type(exc).__name__}: {first}); "
+        "check example_inputs, or narrow config.target to the layers it can handle"
+    )
