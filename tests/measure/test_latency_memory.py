@@ -28,10 +28,16 @@ def test_threads_setting_is_restored(tiny_cnn):
 
 def test_pair_is_interleaved_and_ratio_is_median_ratio():
     a, b = _mlp(64), _mlp(8)
-    pair = measure_latency_pair(a, b, torch.randn(4, 32), warmup=1, repeats=5, threads=1)
+    pair = measure_latency_pair(
+        a, b, torch.randn(4, 32), warmup=1, repeats=5, threads=1, time_budget_s=0.5, max_repeats=60
+    )
     assert pair.a.interleaved and pair.b.interleaved
-    assert pair.a.repeats == pair.b.repeats == 5
-    assert pair.speedup == pytest.approx(pair.a.median_ms / pair.b.median_ms)
+    assert 5 <= pair.a.repeats == pair.b.repeats <= 60  # adaptive rounds, capped
+    stats = pair.stats
+    assert stats.pairs == pair.a.repeats and stats.threads == 1
+    assert pair.speedup == stats.ratio and stats.ci_low <= stats.ratio <= stats.ci_high
+    assert stats.verdict in ("faster", "slower", "no clear difference", "unstable")
+    assert stats.unstable == bool(stats.reasons) == (stats.verdict == "unstable")
 
 
 def test_other_dtype_measures_a_copy_and_leaves_the_model_alone():

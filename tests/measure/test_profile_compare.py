@@ -85,7 +85,10 @@ def test_compare_masked_model_reports_ratios_deltas_and_notes(tiny_cnn, digits):
     assert cmp.nonzero_ratio > 1.5
     assert cmp.theoretical_speedup == 1.0  # masked weights are still multiplied
     assert cmp.zipped_ratio > 1.3 and cmp.serialized_ratio == pytest.approx(1.0, abs=0.02)
-    assert cmp.measured_speedup == pytest.approx(cmp.base.latency.median_ms / cmp.other.latency.median_ms)
+    assert cmp.file_ratio == pytest.approx(1.0, abs=0.02)  # masks baked: the file is no larger
+    stats = cmp.latency_stats
+    assert cmp.measured_speedup == stats.ratio and stats.ci_low <= stats.ratio <= stats.ci_high
+    assert stats.pairs == cmp.base.latency.repeats == cmp.other.latency.repeats
     assert cmp.base.latency.interleaved and cmp.other.latency.interleaved
     assert cmp.deltas["accuracy"] == pytest.approx(cmp.base.quality.accuracy - cmp.other.quality.accuracy)
     assert cmp.cka == pytest.approx(1.0, abs=1e-9)  # the conv layer is not pruned
@@ -122,7 +125,7 @@ def test_markdown_and_text_rendering(tiny_cnn, digits):
         "Latency p90 (ms)",
         "Accuracy",
         "Theoretical (MACs base / other)",
-        "Measured (median latency base / other, interleaved)",
+        "Measured (median of paired latency ratios base / other, 95% CI)",
     ):
         assert label in md, label
     assert f"{cmp.theoretical_speedup:.2f}×" in md

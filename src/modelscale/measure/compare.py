@@ -27,6 +27,7 @@ from torch import nn
 
 from modelscale.measure._report import Report
 from modelscale.measure.latency import measure_latency_pair
+from modelscale.measure.paired_stats import PairStats
 from modelscale.measure.profile import ProfileReport, check_model, profile
 from modelscale.measure.similarity import CKA_EXAMPLES, paired_pass
 
@@ -46,7 +47,8 @@ class Comparison(Report):
     zipped_ratio: float  # the weights files zipped (deflate level 9), base / other
     theoretical_speedup: float | None  # base MACs / other MACs (None when other's ops are not countable)
     file_ratio: float | None = None  # the weights files (model.safetensors as saved), base / other
-    measured_speedup: float | None = None  # base median latency / other median latency (interleaved)
+    measured_speedup: float | None = None  # median of per-pair latency ratios base / other (interleaved)
+    latency_stats: PairStats | None = None  # the ratio's interval, the machine's load, the verdict
     deltas: dict[str, float] = field(default_factory=dict)  # metric -> base − other
     agreement: float | None = None  # fraction of identical argmax predictions on the loader
     cka: float | None = None  # linear CKA of `cka_layer` activations
@@ -80,6 +82,7 @@ def compare(
     cka_examples: int = CKA_EXAMPLES,
     other_inputs: Any = None,
     storage: str = "dense",
+    latency_budget_s: float = 2.0,
 ) -> Comparison:
     """Profile both models and relate them (see the module docstring).
 
@@ -116,8 +119,10 @@ def compare(
             warmup=warmup,
             repeats=repeats,
             threads=threads,
+            time_budget_s=latency_budget_s,
         )
         p0.latency, p1.latency, cmp.measured_speedup = pair.a, pair.b, pair.speedup
+        cmp.latency_stats = pair.stats
     if loader is not None:
         paired = paired_pass(
             base,
@@ -172,20 +177,42 @@ def _notes(cmp: Comparison) -> list[str]:
             "its speed gain is only what was measured"
         )
     m = cmp.measured_speedup
-    if (
-        m is not None
-        and cmp.theoretical_speedup is not None
-        and cmp.theoretical_speedup > 1.05
-        and m < cmp.theoretical_speedup / 1.5
-    ):
+    stats = cmp.latency_stats
+    theory = cmp.theoretical_speedup
+    if m is not None and stats is not None:
+        if stats.unstable:
+            notes.append(
+                f"latency ratio {m:.2f}× is UNSTABLE — not a speedup: "
+                + "; ".join(stats.reasons)
+                + (
+                    " (quiet the machine, or time with --threads 1)"
+                    if stats.threads > 1
+                    else " (quiet the machine, or give --latency-budget more seconds)"
+                )
+            )
+        elif stats.verdict == "no clear difference":
+            notes.append(
+                f"latency ratio {m:.2f}× [95% CI {stats.ci_low:.2f}–{stats.ci_high:.2f}] contains 1: "
+                "no measurable speed difference"
+            )
+    if m is not None and theory is not None and theory > 1.05 and m < theory / 1.5:
         notes.append(
-            f"measured speedup {m:.2f}x is well below the theoretical {cmp.theoretical_speedup:.2f}x: "
+            f"measured speedup {m:.2f}x is well below the theoretical {theory:.2f}x: "
             "fewer MACs did not translate into time on this device (memory-bound layers, overheads)"
+        )
+    if m is not None and theory is not None and m > 1.5 * max(theory, 1.0):
+        notes.append(
+            f"measured speedup {m:.2f}x is far ABOVE the theoretical {theory:.2f}x: suspect the timing "
+            "(load, caches, a different kernel path) before believing it"
         )
     if m is not None:
         lat = cmp.base.latency
+        load = ""
+        if stats is not None and stats.load_before is not None:
+            load = f"; load {stats.load_before:.1f} before, {stats.load_after:.1f} after, {stats.cores} cores"
         notes.append(
-            f"latency measured interleaved in one process: {lat.repeats} repeats after {lat.warmup} warm-up, "
+            f"latency measured interleaved in one process: {lat.repeats} pairs after {lat.warmup} warm-up, "
             f"batch {lat.batch_size}, {lat.threads} thread(s), {lat.device} ({lat.device_name}), {lat.dtype}"
+            + load
         )
     return notes

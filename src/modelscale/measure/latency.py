@@ -5,19 +5,24 @@ CUDA with a pair of `torch.cuda.Event`s and a synchronize (the wall clock would 
 kernel launches). The report records what the number depends on: batch size, CPU threads, device,
 dtype, warm-up and repeat counts. Two models are compared in one process and interleaved
 (a, b, b, a, a, b, ...) so that drifting clocks, caches and neighbours hit both alike; the result
-is their ratio, speedup = median(a) / median(b).
+is the median of the per-pair ratios a_i / b_i with its bootstrap 95% interval, repeated in rounds
+until the interval is narrow enough or the time budget is spent, with the machine's load recorded
+before and after and the measurement flagged unstable where it cannot be trusted
+(`measure.paired_stats`). Threads: `threads=None` keeps torch's current intra-op count (the CLI
+passes `--threads`, default 1: one thread per side is what a shared machine can time reproducibly).
 
 Example::
 
     from modelscale.measure.latency import measure_latency, measure_latency_pair
     rep = measure_latency(model, torch.randn(32, 1, 8, 8), repeats=50)
     pair = measure_latency_pair(dense, pruned, torch.randn(32, 1, 8, 8))
-    print(rep.median_ms, rep.p90_ms, pair.speedup)
+    print(rep.median_ms, rep.p90_ms, pair.speedup, pair.stats.describe())
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -40,6 +45,7 @@ from modelscale.measure._common import (
     resolve_dtype,
 )
 from modelscale.measure._report import Report
+from modelscale.measure.paired_stats import TARGET_WIDTH, PairStats, machine_load, pair_stats
 
 
 @dataclass
@@ -66,11 +72,16 @@ class LatencyReport(Report):
 
 @dataclass
 class LatencyPair(Report):
-    """Two models timed interleaved in one process; speedup = a.median_ms / b.median_ms."""
+    """Two models timed interleaved in one process; speedup = median of per-pair ratios a_i / b_i."""
 
     a: LatencyReport
     b: LatencyReport
-    speedup: float  # > 1: b is faster than a
+    speedup: float  # > 1: b is faster than a (stats.ratio; read it with stats.verdict)
+    stats: PairStats | None = None
+
+    @property
+    def unstable(self) -> bool:
+        return self.stats is None or self.stats.unstable
 
 
 def _check_counts(warmup: int, repeats: int) -> None:
@@ -153,7 +164,12 @@ def _time_models(
     warmup: int,
     repeats: int,
     threads: int | None,
-) -> list[LatencyReport]:
+    enough: Callable[[list[list[float]]], bool] | None = None,
+    time_budget_s: float = 0.0,
+    max_repeats: int = 0,
+) -> tuple[list[LatencyReport], list[list[float]], int]:
+    """Reports, raw samples (ms) and the thread count; after `repeats`, rounds continue until
+    `enough(samples)`, `time_budget_s` of timing or `max_repeats` per model."""
     _check_counts(warmup, repeats)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype)
@@ -169,10 +185,20 @@ def _time_models(
                 fn()
         samples: list[list[float]] = [[] for _ in calls]
         order = list(range(len(calls)))
-        for r in range(repeats):
-            for i in order if r % 2 == 0 else order[::-1]:  # a b | b a | a b ...: no fixed position
-                samples[i].append(timed(calls[i]))
-    return [
+        started = time.perf_counter()
+        target = repeats
+        r = 0
+        while True:
+            while r < target:
+                for i in order if r % 2 == 0 else order[::-1]:  # a b | b a | a b ...: no fixed position
+                    samples[i].append(timed(calls[i]))
+                r += 1
+            if enough is None or enough(samples):
+                break
+            if time.perf_counter() - started >= time_budget_s or r >= max_repeats:
+                break
+            target = min(max_repeats, r + max(repeats // 2, 10))
+    reports = [
         _summarize(
             s,
             batch=batch_size(x),
@@ -185,6 +211,7 @@ def _time_models(
         )
         for s, x, m in zip(samples, inputs, models)
     ]
+    return reports, samples, in_effect
 
 
 def measure_latency(
@@ -198,7 +225,7 @@ def measure_latency(
     threads: int | None = None,
 ) -> LatencyReport:
     """Time `model(*example_inputs)` on `device` (a converted copy if the model lives elsewhere)."""
-    (report,) = _time_models(
+    (report,), _, _ = _time_models(
         [model], [example_inputs], device=device, dtype=dtype, warmup=warmup, repeats=repeats, threads=threads
     )
     return report
@@ -215,9 +242,30 @@ def measure_latency_pair(
     warmup: int = 5,
     repeats: int = 30,
     threads: int | None = None,
+    target_width: float = TARGET_WIDTH,
+    time_budget_s: float = 2.0,
+    max_repeats: int = 2000,
 ) -> LatencyPair:
-    """Time `a` and `b` interleaved in this process; `inputs_b` defaults to the same inputs."""
-    ra, rb = _time_models(
+    """Time `a` and `b` interleaved in this process; `inputs_b` defaults to the same inputs.
+
+    At least `repeats` pairs; then more, in rounds, until the 95% interval of the ratio is within
+    `target_width` (relative), `time_budget_s` seconds of timing are spent, or `max_repeats` pairs.
+    `speedup` is the robust ratio; `stats` says how far it can be trusted (`measure.paired_stats`)."""
+    from modelscale.measure.paired_stats import ratio_interval
+
+    if not (isinstance(target_width, int | float) and target_width > 0 and math.isfinite(target_width)):
+        raise ModelscaleError(f"target_width must be a positive number, got {target_width!r}")
+    if not (isinstance(time_budget_s, int | float) and 0 <= time_budget_s < 3600):
+        raise ModelscaleError(
+            f"time_budget_s must be a number of seconds in [0, 3600), got {time_budget_s!r}"
+        )
+
+    def enough(samples: list[list[float]]) -> bool:
+        ratio, lo, hi, _ = ratio_interval(samples[0], samples[1])
+        return math.isfinite(ratio) and (hi - lo) / ratio <= target_width
+
+    load_before = machine_load()
+    (ra, rb), samples, in_effect = _time_models(
         [a, b],
         [example_inputs, example_inputs if inputs_b is None else inputs_b],
         device=device,
@@ -225,5 +273,16 @@ def measure_latency_pair(
         warmup=warmup,
         repeats=repeats,
         threads=threads,
+        enough=enough,
+        time_budget_s=float(time_budget_s),
+        max_repeats=max(int(max_repeats), repeats),
     )
-    return LatencyPair(a=ra, b=rb, speedup=ra.median_ms / rb.median_ms if rb.median_ms > 0 else float("inf"))
+    stats = pair_stats(
+        samples[0],
+        samples[1],
+        load_before=load_before,
+        load_after=machine_load(),
+        threads=in_effect,
+        target_width=float(target_width),
+    )
+    return LatencyPair(a=ra, b=rb, speedup=stats.ratio, stats=stats)

@@ -139,13 +139,17 @@ def paired_with_baseline(
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             notes.append(f"paired latency on {device}/{dtype}/batch {batch_size} failed: {first}")
             continue
-        rows.append(
-            {
-                "name": PAIRED,
-                "value": float(pair.speedup),
-                "device": device,
-                "dtype": dtype,
-                "batch_size": batch_size,
-            }
-        )
+        stats = pair.stats
+        values = {
+            PAIRED: float(pair.speedup),
+            f"{PAIRED}_ci_low": float(stats.ci_low),
+            f"{PAIRED}_ci_high": float(stats.ci_high),
+            f"{PAIRED}_unstable": float(stats.unstable),
+        }
+        rows += [
+            {"name": k, "value": v, "device": device, "dtype": dtype, "batch_size": batch_size}
+            for k, v in values.items()
+        ]
+        if stats.unstable:
+            notes.append(f"paired latency at batch {batch_size}: " + stats.describe())
     return rows, notes

@@ -29,6 +29,7 @@ SERIALIZED = "size.serialized_bytes"
 MACS = "macs.macs"
 LATENCY = "latency.median_ms"
 PAIRED = "latency.speedup_vs_baseline"  # baseline / step latency, timed interleaved in one process
+P90_LIMIT = 1.5  # p90 / median above this: the latency figure is flagged unstable (measure.paired_stats)
 
 
 @dataclass
@@ -43,6 +44,7 @@ class StepView:
     latency: dict[int, float] = field(default_factory=dict)  # batch size -> median latency (ms)
     summary: dict[str, Any] = field(default_factory=dict)
     paired: dict[int, float] = field(default_factory=dict)  # batch size -> paired speedup vs the baseline
+    unstable: set[int] = field(default_factory=set)  # batch sizes whose paired ratio is flagged unstable
 
     @property
     def source(self) -> str | None:
@@ -113,12 +115,13 @@ def _folder(step: dict[str, Any], artifacts: list[dict[str, Any]]) -> Path | Non
 
 def _step_metrics(
     rows: list[dict[str, Any]], device: str | None, dtype: str | None
-) -> tuple[dict, dict, dict]:
+) -> tuple[dict, dict, dict, set]:
     """(name -> value at the smallest batch size of the setting, batch size -> median latency,
-    batch size -> paired speedup vs the baseline)."""
+    batch size -> paired speedup vs the baseline, batch sizes whose paired ratio is unstable)."""
     chosen: dict[str, tuple[int, float]] = {}
     latency: dict[int, float] = {}
     paired: dict[int, float] = {}
+    unstable: set[int] = set()
     for row in rows:
         value = _number(row.get("value"))
         if value is None:
@@ -131,10 +134,12 @@ def _step_metrics(
             latency[batch] = value
         if row["name"] == PAIRED and tagged:
             paired[batch] = value
+        if row["name"] == f"{PAIRED}_unstable" and tagged and value:
+            unstable.add(batch)
         have = chosen.get(row["name"])
         if have is None or batch < have[0]:
             chosen[row["name"]] = (batch, value)
-    return {k: v for k, (_, v) in chosen.items()}, latency, paired
+    return {k: v for k, (_, v) in chosen.items()}, latency, paired, unstable
 
 
 def collect_run(db: Any, run_id: str) -> RunView:
@@ -154,9 +159,9 @@ def collect_run(db: Any, run_id: str) -> RunView:
     for s in db.steps(run["id"]):
         config = s.get("config") or {}
         technique = config.get("technique") if s["kind"] == "technique" else None
-        metrics, latency, paired = _step_metrics(by_step.get(int(s["idx"]), []), device, dtype)
+        metrics, latency, paired, unstable = _step_metrics(by_step.get(int(s["idx"]), []), device, dtype)
         if s["status"] != "completed":
-            metrics, latency, paired = {}, {}, {}
+            metrics, latency, paired, unstable = {}, {}, {}, set()
         summary = s.get("summary") if isinstance(s.get("summary"), dict) else {}
         view.steps.append(
             StepView(
@@ -170,6 +175,7 @@ def collect_run(db: Any, run_id: str) -> RunView:
                 latency,
                 summary,
                 paired,
+                unstable,
             )
         )
     return view
@@ -231,6 +237,9 @@ def _point(run: RunView, step: StepView, label: str, is_baseline: bool) -> dict[
     m, base = step.metrics, run.baseline
     acc, acc0 = m.get(ACCURACY), base.metrics.get(ACCURACY) if base else None
     lat_batch = min(step.latency) if step.latency else None
+    latency = step.latency.get(lat_batch) if lat_batch is not None else m.get(LATENCY)
+    p90 = m.get("latency.p90_ms")
+    unstable = bool(m.get(f"{PAIRED}_unstable")) or bool(latency and p90 and p90 / latency > P90_LIMIT)
     return {
         "label": label,
         "baseline": is_baseline,
@@ -242,6 +251,9 @@ def _point(run: RunView, step: StepView, label: str, is_baseline: bool) -> dict[
         "nonzero_params": m.get(NONZERO),
         "zipped_bytes": m.get(ZIPPED),
         "macs": m.get(MACS),
-        "latency_ms": step.latency.get(lat_batch) if lat_batch is not None else m.get(LATENCY),
+        "latency_ms": latency,
         "latency_batch": lat_batch,
+        "latency_unstable": unstable,
+        # what a latency front may use: an unstable figure never earns a ★
+        "latency_trusted_ms": None if unstable else latency,
     }

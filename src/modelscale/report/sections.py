@@ -25,7 +25,7 @@ STAR = "★"
 PARETO_AXES = (
     ("nonzero_params", "non-zero parameters"),
     ("zipped_bytes", "zipped size"),
-    ("latency_ms", "latency"),
+    ("latency_trusted_ms", "latency"),  # unstable latency figures are left off the latency front
 )
 
 
@@ -123,7 +123,7 @@ def frontier(doc: Doc, points: list[dict[str, Any]]) -> None:
             human(p["nonzero_params"]),
             mb(p["zipped_bytes"]),
             human(p["macs"]),
-            millis(p["latency_ms"]),
+            millis(p["latency_ms"]) + (" ⚠ unstable" if p.get("latency_unstable") else ""),
             *[STAR if p[f"pareto_{k}"] else "" for k, _ in PARETO_AXES],
         ]
         for p in points
@@ -134,7 +134,9 @@ def frontier(doc: Doc, points: list[dict[str, Any]]) -> None:
         "p",
         f"{STAR} marks the **Pareto front**: no other model is at least as accurate and at least as small "
         "(or fast), and strictly better in one. Points: the final measured step of each variant; grey "
-        "squares are baselines.",
+        "squares are baselines. A latency marked ⚠ unstable (its paired ratio's interval was wide, its "
+        "p90 far above its median, or the machine was loaded beyond its cores) gets no latency ★ and is "
+        "left off the latency plot.",
     )
     size_panels = [
         ("nonzero_params", "non-zero parameters (count)", 1.0),
@@ -154,7 +156,7 @@ def frontier(doc: Doc, points: list[dict[str, Any]]) -> None:
         "accuracy_vs_latency.png",
         "Test accuracy vs measured median latency; ★ and the dashed staircase: Pareto front.",
         points,
-        [("latency_ms", lat_label, 1.0)],
+        [("latency_trusted_ms", lat_label, 1.0)],
         "Accuracy vs measured latency",
     )
 
@@ -244,7 +246,8 @@ def speedups(doc: Doc, runs: list[RunView]) -> None:
             measured = dict(s.paired) or {b: ratio(base.latency.get(b), s.latency.get(b)) for b in s.latency}
             label = f"{r.label}\n{s.name}" if len(runs) > 1 else s.name
             groups.append({"label": label, "theoretical": theory, "measured": measured})
-            rows.append([r.label, s.title, times(theory), *[times(measured.get(b)) for b in sizes]])
+            cells = [times(measured.get(b)) + (" ⚠ unstable" if b in s.unstable else "") for b in sizes]
+            rows.append([r.label, s.title, times(theory), *cells])
     if not groups:
         doc.add("p", "No measured step after a baseline.")
         return
@@ -256,8 +259,10 @@ def speedups(doc: Doc, runs: list[RunView]) -> None:
         "masked (unstructured-pruned) weights, since dense kernels multiply them too, so pruning alone "
         "shows 1.00× in theory. The measured ratio is timed paired and interleaved against the run's "
         "baseline model in one process, after each step (older runs without that pairing show the ratio "
-        "of medians measured in turn); tiny models are dominated by per-call overhead and vary by a few "
-        "percent run to run.",
+        "of medians measured in turn): the median of per-pair ratios, repeated until its 95% interval is "
+        "narrow or the time budget is spent. ⚠ unstable marks a ratio that cannot be read as a speedup "
+        "(wide interval, p90 far above the median, or a machine loaded beyond its cores); tiny models are "
+        "dominated by per-call overhead.",
     )
     doc.plot(
         plots.speedup_plot, "speedup.png", "MACs ratio next to the measured latency ratio, per step.", groups

@@ -165,9 +165,12 @@ def _compare(cmp: Any, *, markdown: bool) -> str:
     parts += ["", "Base / Other above 1× means other is smaller (or, for latency, faster)."]
     parts.append(_size_source(base, other))
 
-    speed = [[times(cmp.theoretical_speedup), times(cmp.measured_speedup)]]
+    speed = [[times(cmp.theoretical_speedup), _measured_cell(cmp)]]
     sub = "### Speedup: theory next to measurement" if markdown else "Speedup: theory next to measurement"
-    headers = ["Theoretical (MACs base / other)", "Measured (median latency base / other, interleaved)"]
+    headers = [
+        "Theoretical (MACs base / other)",
+        "Measured (median of paired latency ratios base / other, 95% CI)",
+    ]
     speed_table = table(headers, speed, markdown=markdown)
     parts += ["", sub, "", speed_table]
 
@@ -192,6 +195,19 @@ def _compare(cmp: Any, *, markdown: bool) -> str:
     if cmp.notes:
         parts += ["", *[f"- {n}" for n in cmp.notes]]
     return "\n".join(parts) + "\n"
+
+
+def _measured_cell(cmp: Any) -> str:
+    """The measured ratio with its interval and what may be read from it."""
+    stats = getattr(cmp, "latency_stats", None)
+    if cmp.measured_speedup is None or stats is None:
+        return times(cmp.measured_speedup)
+    cell = f"{times(stats.ratio)} [{stats.ci_low:.2f}–{stats.ci_high:.2f}]"
+    if stats.unstable:
+        return cell + " UNSTABLE"
+    if stats.verdict == "no clear difference":
+        return cell + " (no clear difference)"
+    return cell + (" faster" if stats.verdict == "faster" else " slower")
 
 
 def _size_source(*reports: Any) -> str:

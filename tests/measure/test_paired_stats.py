@@ -1,0 +1,78 @@
+"""The statistics of a paired timing, on constructed samples: robust ratio, trimmed outliers, interval,
+and the flags that keep an untrustworthy figure from being called a speedup."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from modelscale.measure.paired_stats import pair_stats, ratio_interval, trusted_speedup
+
+
+def _samples(
+    n: int, a: float, b: float, noise: float = 0.01, seed: int = 0
+) -> tuple[list[float], list[float]]:
+    rng = random.Random(seed)
+    return [a * (1 + rng.gauss(0, noise)) for _ in range(n)], [
+        b * (1 + rng.gauss(0, noise)) for _ in range(n)
+    ]
+
+
+def test_a_quiet_clear_speedup_is_faster_with_a_tight_interval():
+    a, b = _samples(60, 2.0, 1.0)
+    stats = pair_stats(a, b, load_before=0.2, load_after=0.3, cores=2)
+    assert stats.ratio == pytest.approx(2.0, rel=0.02)
+    assert stats.ci_low < 2.0 < stats.ci_high and stats.width < 0.05
+    assert stats.verdict == "faster" and not stats.unstable and trusted_speedup(stats)
+
+
+def test_load_spikes_in_a_few_pairs_are_trimmed_not_believed():
+    a, b = _samples(60, 2.0, 1.0)
+    for i in (3, 17, 40):
+        b[i] *= 40.0  # a neighbour stole the core during three of other's calls
+    stats = pair_stats(a, b, cores=2)
+    plain = sorted(a)[30] / sorted(b)[30]
+    assert stats.trimmed == 3 and stats.ratio == pytest.approx(2.0, rel=0.02)
+    assert plain == pytest.approx(2.0, rel=0.05)  # the medians survive three spikes too …
+    for i in range(0, 60, 3):
+        b[i] *= 40.0  # … but not a third of the pairs: then the measurement is unstable
+    worse = pair_stats(a, b, cores=2)
+    assert worse.unstable and any("p90" in r or "outliers" in r for r in worse.reasons)
+    assert worse.verdict == "unstable" and not trusted_speedup(worse)
+
+
+def test_an_interval_containing_one_is_no_clear_difference():
+    a, b = _samples(80, 1.0, 1.0, noise=0.01)
+    stats = pair_stats(a, b, cores=2)
+    assert stats.ci_low <= 1.0 <= stats.ci_high
+    assert stats.verdict == "no clear difference" and not trusted_speedup(stats)
+
+
+def test_a_loaded_machine_is_flagged_whatever_the_numbers():
+    a, b = _samples(60, 2.0, 1.0)
+    stats = pair_stats(a, b, load_before=4.5, load_after=5.1, cores=2)
+    assert stats.unstable and "machine load 5.1 above its 2 usable cores" in stats.reasons
+    assert "UNSTABLE" in stats.describe()
+
+
+def test_a_wide_interval_is_flagged():
+    a, b = _samples(12, 2.0, 1.0, noise=0.3, seed=4)
+    stats = pair_stats(a, b, cores=2, target_width=0.05)
+    assert stats.width > 0.05 and stats.unstable
+    assert any("95% interval" in r for r in stats.reasons)
+
+
+def test_too_few_pairs_are_flagged_and_slower_is_reported_as_slower():
+    a, b = _samples(5, 1.0, 2.0)
+    assert "only 5 pairs" in pair_stats(a, b, cores=2).reasons[0]
+    a, b = _samples(50, 1.0, 2.0)
+    assert pair_stats(a, b, cores=2).verdict == "slower"
+
+
+def test_the_interval_is_reproducible_and_nan_free_for_degenerate_input():
+    a, b = _samples(30, 3.0, 1.5, seed=9)
+    assert ratio_interval(a, b) == ratio_interval(a, b)
+    ratio, lo, hi, trimmed = ratio_interval([0.0], [0.0])
+    assert math.isnan(ratio) and trimmed == 0
