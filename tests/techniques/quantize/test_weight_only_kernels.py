@@ -18,7 +18,7 @@ from modelscale.techniques.quantize.weight_only import WeightOnlyConfig, WeightO
 
 CPU = torch.device("cpu")
 KNOWN_PATHS = {"dequant", "float"} | {
-    f"{k}_{d}" for k in ("int8_mm", "int4_cpu") for d in ("bf16", "fp16", "fp32")
+    f"{k}_{d}" for k in ("int8_mm", "int8_int4x2", "int4_cpu") for d in ("bf16", "fp16", "fp32")
 }
 
 
@@ -49,7 +49,7 @@ def test_every_candidate_path_computes_the_dequantized_layer(bits, group, symmet
     for path in paths:
         layout = kernels.build_layout(layer, path.layout, CPU)
         got = layout.run(x, path.dtype)
-        assert got.dtype == torch.float32 or path.layout.startswith("int4")
+        assert got.dtype in (torch.float32, path.dtype)
         # float32 activations: only summation order differs; bf16/fp16 round activations and outputs
         assert rel(got, want) <= (2e-5 if path.dtype == torch.float32 else 5e-3), path.name
         assert kernels.check_path(layer, path, layout) is None

@@ -10,11 +10,15 @@ than the float op's (and takes over 1 ms) is not timed further: that one ratio s
 Measurements are cached per process by (what is timed, shape, rows, dtype, device, threads), so a model
 with 32 identical blocks times each shape once; `ChoiceCache.clear()` forgets them.
 
+`measure_layer` times a weight-only layer's candidate paths (each through the layer's own forward)
+against an nn.Linear of its shape; `pick` applies the rule: with prefer="speed" an integer path wins
+only where it measured at least as fast as the float original, else the float copy runs the layer.
+
 Example::
 
     timings = time_paths(lambda: F.linear(x, w), {"int8_mm_bf16": lambda: layer_fn(x)}, budget_s=0.04)
     timings["int8_mm_bf16"].ratio              # float ms / path ms, paired median
-    best = fastest(timings, allowed=["int8_mm_bf16", "dequant"])
+    best = pick(timings, ["int8_mm_bf16", "float", "dequant"])
 """
 
 from __future__ import annotations

@@ -6,6 +6,10 @@ runtime tensors it reads, prepared once from the layer's codes (its *layout*):
     int8_mm_<dt>      aten._weight_int8pack_mm(x_dt, q_int8, s) per group, summed in float32;
                       asymmetric codes are shifted to int8 (q - 128) and the zero term is one small
                       matmul:  y = Σ_g s_g · (q_g - 128)·x_g  -  Σ_k∈g x_k · s_g · (z_g - 128)
+    int8_int4x2_<dt>  int8 codes through the int4 CPU kernel: u = q + 128 (or the uint8 code) splits into
+                      nibbles u = 16·h + l, and one call over [x, x] against [h | l] with per-group
+                      (scale, offset) = (16·s, s·(136 - z)) for h and (s, 0) for l gives
+                      16·s·(h - 8) + s·(l - 8) + s·(136 - z) = s·(u - z) (same bytes as int8)
     int4_cpu_<dt>     aten._weight_int4pack_mm_for_cpu(x_dt, packed, g, [s, (8 - z)·s]) (ATen computes
                       (q - 8)·s + m per group, so an integer zero point z becomes m = (8 - z)·s)
     int4_cuda_bf16    aten._weight_int4pack_mm (tinygemm) with the same scales-and-zeros, on CUDA
@@ -80,6 +84,12 @@ class Layout:
         if self.kind == "int4_cpu":
             sz = t["scales_and_zeros"][dtype]
             return torch.ops.aten._weight_int4pack_mm_for_cpu(x2d.to(dtype), t["packed"], self.group, sz)
+        if self.kind == "int8_int4x2":
+            xd = x2d.to(dtype)
+            sz = t["scales_and_zeros"][dtype]
+            return torch.ops.aten._weight_int4pack_mm_for_cpu(
+                torch.cat((xd, xd), 1), t["packed"], self.group, sz
+            )
         if self.kind == "int4_cuda":
             sz = t["scales_and_zeros"][dtype]
             return torch.ops.aten._weight_int4pack_mm(x2d.to(dtype), t["packed"], self.group, sz)
@@ -100,6 +110,11 @@ class Layout:
             return (w.to(torch.int16) + 128).to(torch.uint8) if t["asymmetric"] else w
         if self.kind == "int4_cpu" and self.invertible:
             return unpack_cpu_int4_layout(t["packed"])
+        if self.kind == "int8_int4x2" and self.invertible:
+            nib = unpack_cpu_int4_layout(t["packed"]).to(torch.int16)
+            k = nib.shape[1] // 2
+            u = nib[:, :k] * 16 + nib[:, k:]
+            return u.to(torch.uint8) if t["asymmetric"] else (u - 128).to(torch.int8)
         raise ValueError(f"layout {self.kind} cannot give its codes back")
 
 
@@ -156,14 +171,21 @@ def candidate_paths(layer: Any, device: torch.device) -> tuple[list[Path], dict[
             for dt in unsafe:
                 skipped[f"int8_mm_{DTYPE_NAMES[dt]}"] = f"ATen's int8 kernel needs K % 8 == 0 here, K = {g}"
             paths += [Path(f"int8_mm_{DTYPE_NAMES[dt]}", "int8", dt) for dt in dtypes if dt not in unsafe]
+        problem = _int4_cpu_problem(n) if device.type == "cpu" else "the int4 CPU kernel runs on CPU only"
+        if problem is None and int8_as_int4_group(layer) is None:
+            problem = f"no int4 kernel group size in {INT4_KERNEL_GROUPS} fits group {g} of {k} columns"
+        if problem:
+            skipped["int8_int4x2"] = problem
+        else:  # float32 activations make the int4 kernel slow everywhere measured: low precision only
+            low = [dt for dt in dtypes if dt != torch.float32]
+            paths += [Path(f"int8_int4x2_{DTYPE_NAMES[dt]}", "int8_int4x2", dt) for dt in low]
         return paths, skipped
     if g not in INT4_KERNEL_GROUPS:
         return paths, {"int4 kernels": f"int4 kernels need group_size in {INT4_KERNEL_GROUPS}, not {g}"}
     if device.type == "cpu":
-        if not (_has_op("_weight_int4pack_mm_for_cpu") and _has_op("_convert_weight_to_int4pack_for_cpu")):
-            skipped["int4_cpu"] = "this torch has no aten._weight_int4pack_mm_for_cpu"
-        elif n % 16:
-            skipped["int4_cpu"] = f"the int4 CPU kernel needs out_features divisible by 16, not {n}"
+        problem = _int4_cpu_problem(n)
+        if problem:
+            skipped["int4_cpu"] = problem
         else:
             paths += [Path(f"int4_cpu_{DTYPE_NAMES[dt]}", "int4_cpu", dt) for dt in dtypes]
     elif device.type == "cuda":
@@ -176,6 +198,25 @@ def candidate_paths(layer: Any, device: torch.device) -> tuple[list[Path], dict[
     else:
         skipped["int4"] = f"no int4 kernel on {device.type}"
     return paths, skipped
+
+
+def _int4_cpu_problem(n: int) -> str | None:
+    if not (_has_op("_weight_int4pack_mm_for_cpu") and _has_op("_convert_weight_to_int4pack_for_cpu")):
+        return "this torch has no aten._weight_int4pack_mm_for_cpu"
+    if n % 16:
+        return f"the int4 CPU kernel needs out_features divisible by 16, not {n}"
+    return None
+
+
+def int8_as_int4_group(layer: Any) -> int | None:
+    """The int4 kernel's group size for an int8 layer: its own group, or for one group per row the
+    largest kernel group dividing in_features (the row's scale repeated); None if neither fits."""
+    k, g = layer.in_features, layer.group
+    if g in INT4_KERNEL_GROUPS and k % g == 0:
+        return g
+    if g == k:
+        return next((kg for kg in sorted(INT4_KERNEL_GROUPS, reverse=True) if k % kg == 0), None)
+    return None
 
 
 # --- building layouts -------------------------------------------------------------------------------
@@ -197,6 +238,23 @@ def build_layout(layer: Any, kind: str, device: torch.device) -> Layout:
         if asymmetric:
             t["zero_term"] = (scale * (zero - 128.0)).t().contiguous()  # groups × out, float32
         return Layout("int8", t, group=g, invertible=True)
+    if kind == "int8_int4x2":
+        kg = int8_as_int4_group(layer)
+        asymmetric = not layer.symmetric
+        u = (codes if asymmetric else codes + 128).to(device)  # unsigned code in [0, 255]
+        nibbles = torch.cat((u >> 4, u & 15), dim=1).to(torch.uint8)  # out × 2·in: [h | l]
+        reps = k // kg // groups  # kernel groups per stored group (1, or k / kg for one group per row)
+        s_k = scale.repeat_interleave(reps, dim=1)
+        z_k = torch.full_like(s_k, 128.0) if zero is None else zero.repeat_interleave(reps, dim=1)
+        hi = torch.stack((16.0 * s_k, s_k * (136.0 - z_k)), dim=-1)
+        lo = torch.stack((s_k, torch.zeros_like(s_k)), dim=-1)
+        sz = torch.cat((hi, lo), dim=1).transpose(0, 1).contiguous()  # 2·groups × out × 2
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(nibbles.to(torch.int32), 1)
+        own = pack_cpu_int4_layout(nibbles)
+        invertible = own is not None and own.shape == packed.shape and torch.equal(own, packed)
+        t = {"packed": packed, "asymmetric": asymmetric,
+             "scales_and_zeros": {dt: sz.to(dt) for dt in (torch.bfloat16, torch.float16)}}  # fmt: skip
+        return Layout(kind, t, group=kg, invertible=invertible)
     if kind in ("int4_cpu", "int4_cuda"):
         nibbles = (codes + 8 if layer.symmetric else codes).to(device)
         z = 8.0 if zero is None else zero

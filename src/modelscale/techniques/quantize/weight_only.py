@@ -252,23 +252,38 @@ class WeightOnlyLayer(QuantizedLayer):
                              "note": "not timed: a Conv2d has no integer kernel here"}]  # fmt: skip
             self._keep([(b, path) for b in self.batches[:1]], layouts)
             return
-        route = []
+        measured = []
         dropped: dict[str, float] = {}
         for batch in self.batches:
             timed = [p for p in options if p.name not in dropped]
             timings = kernel_choice.measure_layer(self, batch, timed, layouts, device, self.cache)
-            best = kernel_choice.pick(timings, [p.name for p in timed])
-            path = next(p for p in timed if p.name == best)
-            for name, t in timings.items():
-                if t.ratio * kernel_choice.SLOW_FACTOR < 1 and name not in (best, "float"):
-                    dropped[name] = t.ratio  # far slower than float here: not timed at larger batches
-            choice = {"batch": batch, "path": best, **timings[best].to_dict(),
-                      "alternatives": {n: round(t.ratio, 4) for n, t in timings.items() if n != best}}  # fmt: skip
-            if dropped:
-                choice["not_timed"] = sorted(n for n in dropped if n not in timings)
-            self.choices.append(choice)
-            route.append((batch, path))
-        self._keep(route, layouts)
+            best = max(t.ratio for n, t in timings.items() if n != "float")
+            for name, t in timings.items():  # far slower than float and than another quantized path here:
+                if name != "float" and t.ratio * kernel_choice.SLOW_FACTOR < min(1.0, best):
+                    dropped[name] = t.ratio  # not timed at larger batches
+            measured.append((batch, timed, timings))
+        self._keep(self._route_from(measured), layouts)
+
+    def _route_from(self, measured: list) -> list[tuple[int, Path]]:
+        """Per batch the pick of `kernel_choice.pick`; one integer layout for all batches (the one with the
+        best geometric-mean ratio where an integer path was picked), so one copy of the codes stays."""
+        picks = [(b, kernel_choice.pick(t, [p.name for p in timed])) for b, timed, t in measured]
+        by_name = {p.name: p for _, timed, _ in measured for p in timed}
+        layouts = {by_name[n].layout for _, n in picks if by_name[n].integer_kernel}
+        if len(layouts) > 1:
+
+            def score(kind: str) -> float:
+                return sum(math.log(max((t[n].ratio for n in t if by_name[n].layout == kind), default=1e-9))
+                           for (_, _, t), (_, n) in zip(measured, picks) if by_name[n].integer_kernel)  # fmt: skip
+
+            keep = max(layouts, key=score)
+            names = lambda timed: [p.name for p in timed if not p.integer_kernel or p.layout == keep]  # noqa: E731
+            picks = [(b, kernel_choice.pick(t, names(timed))) for b, timed, t in measured]
+        self.choices = []
+        for (batch, _, timings), (_, best) in zip(measured, picks):
+            self.choices.append({"batch": batch, "path": best, **timings[best].to_dict(),
+                                 "alternatives": {n: round(t.ratio, 4) for n, t in timings.items() if n != best}})  # fmt: skip
+        return [(b, by_name[n]) for b, n in picks]
 
     def _usable_paths(
         self, device: torch.device, float_weight: torch.Tensor | None
