@@ -14,7 +14,8 @@ Four tables, in one run (about 8 minutes on 2 busy cores):
    each chose, bfloat16, and torchao's Int8WeightOnlyConfig when installed; achieved GB/s (bytes of
    weights read / time) next to a single-thread read bandwidth measured in the same run. Each call
    uses the next of several copies of the layer (copies x bytes >= 8x L3), so weights come from memory
-   as in a decoder, not from the cache. Issue 15's acceptance is evaluated at the end.
+   as in a decoder, not from the cache; and the layer's call against the bare ATen call it makes
+   (4096 -> 4096, batch 1, weights in place). Issue 15's acceptance is evaluated at the end.
 4. models — the zoo mlp and cnn (width 0.5) trained briefly on digits, torchvision:resnet18 at 3x32x32 (conv layers
    only) and a BERT-mini-sized encoder (hf:tiny-bert 4 layers, d=256, seq 128; a torch
    TransformerEncoder of that size without transformers): float32 against each technique at batch 1
@@ -297,6 +298,35 @@ def small_layer_rows(args) -> list[dict]:
     return rows
 
 
+def overhead_rows(args) -> list[dict]:
+    """4096x4096 at batch 1, weights in place: the layer's call against the bare ATen call it makes.
+
+    Issue 15 measured the old int4 layer at 2.8x behind the direct call (it rebuilt scales-and-zeros
+    every call); speedup here = direct ms / layer ms (1 = no overhead)."""
+    torch.manual_seed(0)
+    lin = nn.Linear(4096, 4096).eval().requires_grad_(False)
+    x = torch.randn(1, 4096)
+    rows = []
+    for label, config in (("weight_only int4 g128 asym", WeightOnlyConfig(bits=4, group_size=128, symmetric=False,
+                                                                          kernel="torch", batches=(1,))),
+                          ("weight_only int8 per-channel", WeightOnlyConfig(bits=8, group_size=0, kernel="torch",
+                                                                            batches=(1,)))):  # fmt: skip
+        layer = apply(nn.Sequential(lin), config).model[0]
+        path = layer._route[0][1]
+        layout = layer._layouts[path.layout]
+        direct = lambda layout=layout, path=path: layout.run(x, path.dtype)  # noqa: E731 - the bare kernel call
+        with torch.inference_mode():
+            r = time_paths(direct, {"layer": lambda layer=layer: layer(x)}, budget_s=args.budget,
+                           max_rounds=args.repeats * 5)["layer"]  # fmt: skip
+        rows.append({"shape": "4096->4096", "batch": 1, "variant": label, "path": path.name,
+                     "direct_ms": r.float_ms, "layer_ms": r.ms, "direct_over_layer": r.ratio,
+                     "iqr": [r.ratio_q1, r.ratio_q3], "repeats": r.rounds})  # fmt: skip
+        log(
+            f"overhead {label} [{path.name}]: layer {r.ms:.3f} ms vs direct {r.float_ms:.3f} ms ({r.ratio:.2f})"
+        )
+    return rows
+
+
 def acceptance(llm: list[dict], small: list[dict], bw: dict) -> dict:
     """Issue 15's figures: at batch 1, int8 >= 2x and int4 >= 3.5x fp32 at >= 80 % of the read bandwidth;
     on 256->1024 the chosen path is never slower than fp32."""
@@ -530,6 +560,7 @@ def main(argv: list[str] | None = None) -> int:
     tables = set(args.tables.split(","))
     kernels = kernel_rows(args) if "kernels" in tables else []
     small = small_layer_rows(args) if "small" in tables else []
+    overhead = overhead_rows(args) if "llm" in tables else []
     llm, bandwidth = llm_rows(args) if "llm" in tables else ([], {})
     models = model_rows(args) if "models" in tables else []
     print_tables(kernels, models)
@@ -560,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     info["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     out = {"machine": info, "notes": notes, "read_bandwidth": bandwidth, "acceptance": verdict,
-           "llm_kernels": llm, "small_layer": small, "kernels": kernels, "models": models,
+           "llm_kernels": llm, "small_layer": small, "layer_overhead": overhead, "kernels": kernels, "models": models,
            "seconds": time.monotonic() - T0}  # fmt: skip
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)

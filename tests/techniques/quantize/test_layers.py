@@ -131,10 +131,10 @@ def test_aten_weight_only_kernels_match_the_reference(bits, group, symmetric):
         pytest.skip(f"ATen kernel not usable here: {layer.torch_kernel_problem()}")
     x = torch.randn(5, 128)
     reference = F.linear(x, reference_dequant(layer), lin.bias)
-    # bf16/fp16 activations round x and y (~3 significant digits); float32 ones agree to 1e-4
+    # bf16/fp16 activations round x and y (8 significant bits: ~3e-3 typical); float32 ones agree to 1e-4
     low = any(not c["path"].endswith("fp32") for c in layer.choices)
     error = (layer(x) - reference).norm() / reference.norm()
-    assert error <= (4e-3 if low else 1e-4)
+    assert error <= (1e-2 if low else 1e-4)
 
 
 def test_aten_kernel_falls_back_with_a_note_where_a_layer_does_not_fit():
