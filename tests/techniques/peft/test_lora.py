@@ -190,3 +190,22 @@ def test_grouped_convolutions_are_skipped_and_listed_and_a_model_without_linear_
     assert result.record.summary["head"] is None
     assert "classifier.1" in {row["name"] for row in result.record.layers}  # the output conv
     assert any("no nn.Linear head" in n for n in result.record.notes)
+
+
+def test_layers_whose_parent_reads_their_weight_are_skipped_not_silently_bypassed():
+    """torchvision's Swin attention calls F.linear(x, self.qkv.weight): a LoRA update there never ran."""
+    model = build_model("torchvision:swin_t", num_classes=10, input_shape=(3, 32, 32)).eval()
+    result = apply(model, LoRAConfig())
+    adapted = {row["name"] for row in result.record.layers}
+    assert "features.1.0.attn.qkv" in result.record.summary["skipped"]
+    assert not any(n.endswith(("attn.qkv", "attn.proj")) for n in adapted)
+    assert any(
+        "ShiftedWindowAttention's forward reads its .weight directly" in n for n in result.record.notes
+    )
+    # Every adapted layer's update reaches the output.
+    x = torch.rand(1, 3, 32, 32)
+    modules = dict(result.model.named_modules())
+    base = result.model(x)
+    with torch.no_grad():
+        modules["features.1.0.mlp.0"].lora_B["default"].weight.fill_(1.0)
+    assert not torch.allclose(result.model(x), base)

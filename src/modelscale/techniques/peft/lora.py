@@ -12,7 +12,8 @@ layers our target selects, so this works on any module tree, not only transforme
 dict keys become `<layer>.base_layer.weight`, `<layer>.lora_A.default.weight`, ...; restoring a
 saved model re-injects the same structure (recorded layer names, ranks) before loading weights.
 Children of MultiheadAttention / TransformerEncoderLayer are skipped: those parents read `.weight`
-directly (always, or on the inference fast path), which would silently bypass the update. Grouped and
+directly (always, or on the inference fast path), which would silently bypass the update, and so are
+layers whose parent's forward reads `self.<layer>.weight` itself (torchvision's Swin). Grouped and
 depthwise convolutions are skipped too (peft needs the rank divisible by the groups and cannot merge
 into them); every skipped layer is listed in the record (`summary["skipped"]`, reasons in the notes).
 The classifier head (the last Linear) is trained fully (by default) instead of through LoRA; a model
@@ -31,6 +32,7 @@ Example::
 from __future__ import annotations
 
 import copy
+import inspect
 import re
 import warnings
 from dataclasses import dataclass
@@ -154,6 +156,18 @@ def _tied_elsewhere(names: dict[int, list[str]], name: str, module: nn.Module) -
     return [n for n in names.get(id(weight), []) if not n.startswith(f"{name}.")]
 
 
+def _reads_weight_directly(model: nn.Module, name: str) -> str | None:
+    """The parent's class name when its forward uses `self.<child>.weight` itself (torchvision's Swin
+    attention calls F.linear with it), which a wrapped layer's update would never reach."""
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    try:
+        source = inspect.getsource(type(parent).forward)
+    except (OSError, TypeError):
+        return None
+    return type(parent).__name__ if re.search(rf"self\.{re.escape(attr)}\.weight\b", source) else None
+
+
 def _skip_reason(
     model: nn.Module, name: str, module: nn.Module, layer_cls: type, names: dict[int, list[str]]
 ) -> str | None:
@@ -163,6 +177,9 @@ def _skip_reason(
         return f"{type(module).__name__} is not a Linear, Conv1d/2d/3d, Embedding or transformers Conv1D"
     if isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1:
         return GROUPED
+    reader = _reads_weight_directly(model, name)
+    if reader is not None:
+        return f"its parent {reader}'s forward reads its .weight directly, so the update would be bypassed"
     tied = _tied_elsewhere(names, name, module)
     if tied:
         return f"its weight is tied to {', '.join(tied)}; merging an update would change that layer too"
