@@ -93,8 +93,8 @@ def test_auto_records_a_measured_path_per_layer_and_batch_and_matches_the_float_
             assert choice["path"] in KNOWN_PATHS
             assert choice["ratio"] > 0 and choice["rounds"] >= 1
             assert set(choice["alternatives"]) <= KNOWN_PATHS
-            # prefer="speed": an integer path is chosen only where it measured at least as fast as float
-            assert choice["path"] == "float" or choice["ratio"] >= 1.0
+            # prefer="speed": an integer path is chosen only where it beat float in 3 of 4 paired rounds
+            assert choice["path"] == "float" or choice["ratio_q1"] >= 1.0
         assert row["resident_bytes"] > 0
     q = result.model
     for rows in (1, 16):

@@ -12,7 +12,7 @@ with 32 identical blocks times each shape once; `ChoiceCache.clear()` forgets th
 
 `measure_layer` times a weight-only layer's candidate paths (each through the layer's own forward)
 against an nn.Linear of its shape; `pick` applies the rule: with prefer="speed" an integer path wins
-only where it measured at least as fast as the float original, else the float copy runs the layer.
+only where it beat the float original in at least 3 of 4 paired rounds, else the float copy runs the layer.
 
 Example::
 
@@ -169,12 +169,14 @@ def nearest_batch(rows: int, batches: tuple[int, ...]) -> int:
 
 
 def pick(timings: dict[str, Timing], names: list[str]) -> str:
-    """prefer="speed" ("float" among `names`): the fastest integer path if it measured at least as fast
-    as the float original, else the float copy; prefer="size": the fastest quantized path."""
+    """prefer="speed" ("float" among `names`): the fastest integer path if it beat the float original in
+    at least 3 of 4 paired rounds (lower quartile of its ratios >= 1), else the float copy;
+    prefer="size": the fastest quantized path."""
     if "float" not in names:
         return fastest(timings, names)
     integer = fastest(timings, [n for n in names if n.startswith("int")])
-    return integer if integer is not None and timings[integer].ratio >= 1.0 else "float"
+    # faster than the float original in at least 3 of 4 paired rounds: a tie under noise keeps float
+    return integer if integer is not None and timings[integer].ratio_q1 >= 1.0 else "float"
 
 
 def measure_layer(layer: Any, batch: int, paths: list, layouts: dict, device: torch.device,
