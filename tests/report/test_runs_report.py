@@ -78,8 +78,12 @@ def test_report_command_for_one_run(built, tmp_path):
     assert Path(data["html"]).read_text(encoding="utf-8").count("data:image/png;base64,") >= 8
     labels = [p["label"] for p in data["points"]]
     assert labels == ["baseline", built["runs"][0]["label"]]
-    for key in ("nonzero_params", "zipped_bytes", "latency_ms"):
+    for key in ("nonzero_params", "zipped_bytes"):
         assert any(p[f"pareto_{key}"] for p in data["points"])
+    # latency: only trusted (stable) figures compete; an unstable one never gets a star
+    trusted = [p for p in data["points"] if p["latency_trusted_ms"] is not None]
+    assert any(p["pareto_latency_trusted_ms"] for p in data["points"]) == bool(trusted)
+    assert not any(p["pareto_latency_trusted_ms"] and p["latency_unstable"] for p in data["points"])
     # the variant has fewer non-zero parameters than its baseline, so it is always on that front
     assert data["points"][1]["pareto_nonzero_params"]
 
