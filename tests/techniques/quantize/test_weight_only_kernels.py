@@ -91,7 +91,9 @@ def test_auto_records_a_measured_path_per_layer_and_batch_and_matches_the_float_
         assert [c["batch"] for c in row["paths"]] == [1, 16]
         for choice in row["paths"]:
             assert choice["path"] in KNOWN_PATHS
-            assert choice["ratio"] > 0 and choice["rounds"] >= 1
+            assert choice["ratio"] > 0
+            # a float copy runs the float op itself and is not timed; every other choice was
+            assert choice["rounds"] >= 1 if choice["path"] != "float" else "not timed" in choice["note"]
             assert set(choice["alternatives"]) <= KNOWN_PATHS
             # prefer="speed": an integer path is chosen only where it beat float in 3 of 4 paired rounds
             assert choice["path"] == "float" or choice["ratio_q1"] >= 1.0

@@ -204,8 +204,6 @@ def measure_layer(layer: Any, batch: int, paths: list, layouts: dict, device: to
         probe._layouts, probe._device = layouts, device
         probe._set_route([(batch, path)])
         fns[path.name] = lambda probe=probe: probe(x)
-    timings = time_paths(
-        lambda: reference(x), fns, budget_s=layer.tune_ms / 1e3, device=device, keep=["float"]
-    )
+    timings = time_paths(lambda: reference(x), fns, budget_s=layer.tune_ms / 1e3, device=device)
     cache.put(key, timings)
     return timings

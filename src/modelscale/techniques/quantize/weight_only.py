@@ -241,28 +241,37 @@ class WeightOnlyLayer(QuantizedLayer):
             return
         device = self._device
         options, layouts = self._usable_paths(device, float_weight)
-        if mode == "auto" and self.prefer == "speed":
-            options.append(kernels.FLOAT)
-            layouts["float"] = kernels.build_layout(self, "float", device)
+        speed = mode == "auto" and self.prefer == "speed"
         if mode == "auto" or not options:
             options.append(kernels.DEQUANT)
         if self.geometry["kind"] != "linear":  # no integer kernel, no input shape to time: nothing to measure
-            path = options[0]
+            path = kernels.FLOAT if speed else options[0]
             self.choices = [{"batch": None, "path": path.name, "ratio": None,
                              "note": "not timed: a Conv2d has no integer kernel here"}]  # fmt: skip
-            self._keep([(b, path) for b in self.batches[:1]], layouts)
+            self._keep([(b, path) for b in self.batches[:1]], self._with_float(layouts, [(0, path)]))
             return
         measured = []
         dropped: dict[str, float] = {}
         for batch in self.batches:
             timed = [p for p in options if p.name not in dropped]
             timings = kernel_choice.measure_layer(self, batch, timed, layouts, device, self.cache)
-            best = max(t.ratio for n, t in timings.items() if n != "float")
+            best = max(t.ratio for t in timings.values())
             for name, t in timings.items():  # far slower than float and than another quantized path here:
-                if name != "float" and t.ratio * kernel_choice.SLOW_FACTOR < min(1.0, best):
+                if t.ratio * kernel_choice.SLOW_FACTOR < min(1.0, best):
                     dropped[name] = t.ratio  # not timed at larger batches
+            if speed:  # the float copy runs the float op itself: not timed (a second float weight in the
+                ref = next(iter(timings.values())).float_ms  # cache while timing would slow the reference)
+                timings = {**timings, "float": kernel_choice.Timing(ref, ref, 1.0, 1.0, 1.0, 0)}
+                timed = [*timed, kernels.FLOAT]
             measured.append((batch, timed, timings))
-        self._keep(self._route_from(measured), layouts)
+        route = self._route_from(measured)
+        self._keep(route, self._with_float(layouts, route))
+
+    def _with_float(self, layouts: dict, route: list[tuple[int, Path]]) -> dict:
+        """`layouts` plus the float copy when the route uses it (built only then: it is 4 bytes a weight)."""
+        if any(p.layout == "float" for _, p in route):
+            layouts = {**layouts, "float": kernels.build_layout(self, "float", self._device)}
+        return layouts
 
     def _route_from(self, measured: list) -> list[tuple[int, Path]]:
         """Per batch the pick of `kernel_choice.pick`; one integer layout for all batches (the one with the
@@ -283,6 +292,10 @@ class WeightOnlyLayer(QuantizedLayer):
         for (batch, _, timings), (_, best) in zip(measured, picks):
             self.choices.append({"batch": batch, "path": best, **timings[best].to_dict(),
                                  "alternatives": {n: round(t.ratio, 4) for n, t in timings.items() if n != best}})  # fmt: skip
+            if best == "float":
+                self.choices[-1]["note"] = (
+                    "the float op itself on a float copy of the dequantized weight (not timed)"
+                )
         return [(b, by_name[n]) for b, n in picks]
 
     def _usable_paths(
