@@ -270,7 +270,12 @@ def build_layout(layer: Any, kind: str, device: torch.device) -> Layout:
         t = {"packed": packed, "scales_and_zeros": {dt: sz.to(dt) for dt in dtypes}}
         return Layout(kind, t, group=g, invertible=invertible)
     if kind == "float":
-        return Layout("float", {"weight": layer.dequantize().to(device, layer.weight_dtype)})
+        t = {"weight": layer.dequantize().to(device, layer.weight_dtype)}
+        geo = layer.geometry
+        if geo["kind"] == "conv2d":  # F.conv2d's arguments, built once rather than on every call
+            padding = geo["padding"] if isinstance(geo["padding"], str) else tuple(geo["padding"])
+            t["conv_args"] = (tuple(geo["stride"]), padding, tuple(geo["dilation"]), geo["groups"])
+        return Layout("float", t)
     raise ValueError(f"unknown layout {kind!r}")
 
 

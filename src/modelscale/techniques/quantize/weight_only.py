@@ -416,8 +416,9 @@ class WeightOnlyLayer(QuantizedLayer):
             bias = self.bias
         if layout is not None and path.layout == "float":
             weight = layout.tensors["weight"]
-            if x.dtype == weight.dtype and self.geometry["kind"] == "linear":
-                return F.linear(x, weight, bias)
+            if x.dtype == weight.dtype:
+                conv = layout.tensors.get("conv_args")
+                return F.linear(x, weight, bias) if conv is None else F.conv2d(x, weight, bias, *conv)
             return self.float_forward(x, weight.to(x.dtype))
         if layout is not None and x.is_floating_point():
             lead = x.shape[:-1]
