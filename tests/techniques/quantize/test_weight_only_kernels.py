@@ -226,3 +226,27 @@ def test_invertible_layouts_give_the_stored_codes_back_exactly(bits, group, symm
             assert codes.dtype == stored.dtype and torch.equal(codes, stored), kind
         else:
             assert torch.equal(pack_int4(codes), layer.qweight), kind
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize(("bits", "group", "symmetric"), [(8, 0, True), (4, 128, False), (4, 64, True)])
+def test_cuda_paths_match_the_reference_and_a_moved_layer_rechooses(bits, group, symmetric):
+    torch.manual_seed(5)
+    lin = nn.Linear(256, 128)
+    layer = WeightOnlyLayer(lin, bits=bits, group_size=group, symmetric=symmetric).cuda()  # dequant
+    cuda = torch.device("cuda")
+    x = torch.randn(5, 256, device=cuda)
+    want = x @ layer.dequantize().t()
+    for path in kernels.candidate_paths(layer, cuda)[0]:
+        try:
+            layout = kernels.build_layout(layer, path.layout, cuda)
+        except RuntimeError:
+            continue  # a kernel this build refuses is skipped by the layer the same way
+        if kernels.check_path(layer, path, layout) is None:
+            assert rel(layout.run(x, path.dtype).float(), want) <= 1e-2, path.name
+    moved = WeightOnlyLayer(
+        lin, bits=bits, group_size=group, symmetric=symmetric, kernel="auto", tune_ms=5
+    ).cuda()
+    assert moved._device == cuda and all(c["path"] in KNOWN_PATHS | {"int4_cuda_bf16"} for c in moved.choices)
+    assert rel(moved(x), want + lin.bias.cuda()) <= 1e-2
