@@ -11,13 +11,13 @@ import torch
 
 from modelscale.core.apply import apply
 from modelscale.core.errors import ModelscaleError
-from modelscale.techniques.quantize.static_int8 import (
-    StaticInt8Config,
+from modelscale.techniques.quantize.mixed_precision import (
     fewest_bits,
     keep_in_float,
     logit_error_metric,
     quant_sensitivity,
 )
+from modelscale.techniques.quantize.static_int8 import StaticInt8Config
 from modelscale.train import TrainConfig, fit
 
 
