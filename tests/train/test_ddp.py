@@ -1,11 +1,6 @@
 """Data-parallel training: 2 CPU processes (gloo) end with identical replicas equal to one process."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,37 +8,14 @@ import torch
 from modelscale.train import TrainConfig, fit
 from tests.train._digits import digits_bundle, mlp
 from tests.train.ddp_worker import COMMON, CONFIGS
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.train.torchrun import torchrun
 
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
     ckpt = out / "ckpt"
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        f"--master_port={_free_port()}",
-        "--master_addr=127.0.0.1",
-        str(ROOT / "tests/train/ddp_worker.py"),
-        str(out),
-        str(ckpt),
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    proc = torchrun("ddp_worker.py", str(out), str(ckpt), timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 

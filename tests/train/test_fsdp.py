@@ -2,11 +2,8 @@
 SIGKILL mid-epoch then exact resume from the distributed checkpoint, resharding to world size 1."""
 
 import json
-import os
 import shutil
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,34 +12,11 @@ import torch
 from modelscale.train import TrainConfig, fit
 from modelscale.train.dcp import is_sharded_checkpoint, load_model_weights
 from tests.train.fsdp_worker import COMMON, data, gpt
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.train.torchrun import torchrun
 
 
 def _launch(mode: str, out: Path) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        f"--master_port={_free_port()}",
-        "--master_addr=127.0.0.1",
-        str(ROOT / "tests/train/fsdp_worker.py"),
-        mode,
-        str(out),
-    ]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    return torchrun("fsdp_worker.py", mode, str(out), timeout=240)
 
 
 @pytest.fixture(scope="module")
