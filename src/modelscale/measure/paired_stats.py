@@ -4,14 +4,18 @@ Two models are timed interleaved (`measure.latency`), so repeat i gives a pair (
 moments apart under the same neighbours. The ratio reported is the **median of the per-pair ratios**
 r_i = a_i / b_i (a load spike inflates one pair, not a whole median), after trimming outlier pairs
 whose log-ratio lies more than `TRIM_MADS` median absolute deviations from the median log-ratio (their
-count is reported). Its 95% confidence interval is a percentile bootstrap of that median over the kept
-pairs (seeded: the same samples give the same interval). Repeats continue in rounds until the
+count is reported). Its 95% confidence interval is a percentile **moving-block** bootstrap of that
+median over the kept pairs, in time order: blocks of about n^(1/3) consecutive pairs are resampled
+together, so a slow drift (a neighbour starting, the clock stepping) widens the interval instead of
+hiding inside it as it would with independent resampling (seeded: the same samples give the same
+interval). Repeats continue in rounds until the
 interval's relative width ((hi − lo) / ratio) is at most `target_width`, or the time budget or the
 repeat cap is spent.
 
 A measurement is **unstable** when the interval stayed wider than the target, when either side's
 p90 is more than `P90_LIMIT`× its median, when more than `TRIM_LIMIT` of the pairs were outliers, or
-when the machine's 1-minute load (before or after) exceeded the cores this process may use. The
+when the machine's 1-minute load (before or after) exceeded the machine's core count (the load
+average counts the whole machine, so it is compared with all its cores, not with a pinned process's). The
 verdict is "faster" or "slower" only for a stable measurement whose whole interval lies above or
 below 1; otherwise "no clear difference" or "unstable" — never a speedup.
 
@@ -55,7 +59,7 @@ class PairStats(Report):
     p90_over_median_b: float
     load_before: float | None  # 1-minute load average before timing (None where the OS has none)
     load_after: float | None
-    cores: int  # CPU cores this process may run on
+    cores: int  # CPU cores of the machine (the load average is machine-wide)
     threads: int  # intra-op threads used while timing
     unstable: bool = False
     reasons: list[str] = field(default_factory=list)
@@ -82,10 +86,16 @@ def machine_load() -> float | None:
 
 
 def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity), for thread defaults."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+def machine_cores() -> int:
+    """CPU cores of the whole machine: what a machine-wide load average is compared with."""
+    return os.cpu_count() or usable_cores()
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -115,7 +125,15 @@ def ratio_interval(a_ms: list[float], b_ms: list[float], *, seed: int = 0) -> tu
     center = statistics.median(kept)
     rng = random.Random(seed)
     n = len(kept)
-    medians = [statistics.median(rng.choices(kept, k=n)) for _ in range(BOOTSTRAP)]
+    block = max(1, round(n ** (1 / 3)))
+    starts = range(n - block + 1)
+    medians = []
+    for _ in range(BOOTSTRAP):
+        resample: list[float] = []
+        while len(resample) < n:
+            i = rng.choice(starts)
+            resample.extend(kept[i : i + block])
+        medians.append(statistics.median(resample[:n]))
     return math.exp(center), math.exp(_quantile(medians, 0.025)), math.exp(_quantile(medians, 0.975)), trimmed
 
 
@@ -131,7 +149,7 @@ def pair_stats(
 ) -> PairStats:
     """Robust statistics of paired timings `a_ms[i]`, `b_ms[i]` (see the module docstring)."""
     ratio, lo, hi, trimmed = ratio_interval(a_ms, b_ms)
-    cores = usable_cores() if cores is None else cores
+    cores = machine_cores() if cores is None else cores
     width = (hi - lo) / ratio if ratio and math.isfinite(ratio) else float("inf")
     p90a = _quantile(a_ms, 0.9) / statistics.median(a_ms)
     p90b = _quantile(b_ms, 0.9) / statistics.median(b_ms)
@@ -147,7 +165,7 @@ def pair_stats(
         reasons.append(f"{trimmed} of {len(a_ms)} pairs were outliers")
     loads = [v for v in (load_before, load_after) if v is not None]
     if loads and max(loads) > cores:
-        reasons.append(f"machine load {max(loads):.1f} above its {cores} usable cores")
+        reasons.append(f"machine load {max(loads):.1f} above its {cores} cores")
     unstable = bool(reasons)
     if unstable:
         verdict = "unstable"
