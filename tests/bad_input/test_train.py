@@ -166,5 +166,14 @@ def test_diverging_lr_fails_and_saves_nothing(expect_bad, files):
     )
 
 
+def test_a_finite_blow_up_fails_and_saves_nothing(expect_bad, files):
+    # Adam at lr 1e6 keeps the weights finite but the loss explodes (2.3 -> ~1e20): still diverged
+    expect_bad(
+        ["train", "mlp", "--data", f"npz:{files['digits_images']}", "--out", "m", "--lr", "1e6", *TRAIN],
+        "diverged",
+        "first batch",
+    )
+
+
 def test_data_source_unknown(expect_bad):
     expect_bad(["train", "mlp", "--data", "wine", "--out", "m", *TRAIN], "unknown data source")

@@ -29,8 +29,6 @@ from modelscale.measure._common import logits_of  # noqa: F401 - the one reader 
 TASKS = ("classification", "lm")
 
 
-
-
 def eval_sums(
     model: nn.Module,
     loader: Any,

@@ -225,6 +225,8 @@ def _run(
     criterion = loss_fn or criterion_for(data.task, config.label_smoothing)
     clip, last_lr = config.grad_clip, optimizer.param_groups[0]["lr"]
     bar = make_progress(config.progress and info.is_main, total_steps, state.step)
+    first_loss: float | None = None
+    first_raw = torch.zeros((), device=device)
     cbs.call("on_train_begin", state)
     try:
         for epoch in range(start_epoch, config.epochs + 1):
@@ -236,6 +238,7 @@ def _run(
             net.train()
             loss_sum = torch.zeros((), device=device)
             micro = 0
+            first_of_run = first_loss is None
             for i, (x, y) in enumerate(train_loader):
                 group_start = i - i % accum
                 group = min(accum, batches - group_start)
@@ -252,6 +255,8 @@ def _run(
                         if cbs.changes_loss:
                             loss = cbs.compute_loss(state, outputs, x, y, loss)
                     raw = loss.detach()
+                    if first_of_run and micro == 0:
+                        first_raw = raw.clone()
                     loss_sum += raw
                     micro += 1
                     if group > 1:
@@ -286,8 +291,15 @@ def _run(
             if sharded:
                 fsdp.broadcast_buffers(model, info)  # rank 0's BatchNorm statistics, as under DDP
             _end_epoch(state, best, data.task, val_loader, autocast, info, loss_sum, micro, last_lr, t_epoch)
+            if first_of_run and micro:  # the first batch's loss of this run, averaged over ranks
+                first_loss = float(D.all_sum(first_raw.double().reshape(1), info)[0]) / info.world_size
             check_diverged(
-                model, train_loss=state.history[-1]["train_loss"], epoch=epoch, step=state.step, lr=config.lr
+                model,
+                train_loss=state.history[-1]["train_loss"],
+                epoch=epoch,
+                step=state.step,
+                lr=config.lr,
+                first_loss=first_loss,
             )
             if bar is not None:
                 bar.epoch(state.history[-1])
