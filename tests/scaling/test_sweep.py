@@ -186,3 +186,36 @@ def test_iso_flop_curves_are_drawn_when_budgets_repeat(tmp_path):
     paths = plot_study(rows, {}, tmp_path)
     assert any(p.endswith("isoflop.png") for p in paths)
     assert not iso_flop_groups(rows[:2])
+
+
+def test_a_second_concurrent_sweep_of_one_study_is_refused(tmp_path):
+    # another process holds the study folder's lock (as a running `modelscale scale` does): a second
+    # sweep into the same folder stops before training anything, naming the way to share the work
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import fcntl, sys, time\n"
+         f"fh = open({str(out / '.scale.lock')!r}, 'a+')\n"
+         "fcntl.flock(fh.fileno(), fcntl.LOCK_EX)\n"
+         "print('locked', flush=True)\n"
+         "time.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(
+            ModelscaleError, match="another `modelscale scale` is running the study 'small'.*--worker"
+        ):
+            run_sweep(small_config(), store=tmp_path / "db.sqlite", out_dir=out, progress=False)
+        assert not (tmp_path / "db.sqlite").exists()  # refused before the store was opened or a point trained
+    finally:
+        holder.kill()
+        holder.wait()
+    # once the other process is gone (the OS drops its lock), the sweep runs
+    result = run_sweep(small_config(widths=[0.125], data_fractions=[0.5]), store=tmp_path / "db.sqlite",
+                       out_dir=out, progress=False)  # fmt: skip
+    assert result.executed == 1 and not result.failed

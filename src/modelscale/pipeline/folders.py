@@ -24,19 +24,23 @@ def read_marker(step_dir: Path) -> dict[str, Any] | None:
 
 
 @contextlib.contextmanager
-def run_lock(run_path: Path) -> Iterator[None]:
-    """One runner per run folder: an advisory lock the OS drops when the process dies (even SIGKILL)."""
+def run_lock(
+    run_path: Path,
+    *,
+    name: str = ".lock",
+    busy: str = "another process is running a recipe in {path}; wait for it to finish or use another run_dir",
+) -> Iterator[None]:
+    """One runner per folder: an advisory lock the OS drops when the process dies (even SIGKILL).
+    `busy` is the one-line error when another process holds it (`{path}` is filled in)."""
     run_path.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
     except ImportError:  # no flock on this platform: run unlocked
         yield
         return
-    with open(run_path / ".lock", "a+") as fh:
+    with open(run_path / name, "a+") as fh:
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise ModelscaleError(
-                f"another process is running a recipe in {run_path}; wait for it to finish or use another run_dir"
-            ) from None
+            raise ModelscaleError(busy.format(path=run_path)) from None
         yield

@@ -272,80 +272,89 @@ def run_sweep(
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    points, notes = sweep_points(config, gpu_sizes=gpu_sizes)
-    say = Printer(progress)
-    db = open_store(store)
-    own = db is not store
-    try:
-        location = db.location
-        if "://" not in location:
-            location = str(Path(location).resolve())
-        stored = _stored_points(db, config, out)
-    finally:
-        if own:
-            db.close()
-    records: dict[str, dict[str, Any]] = {}
-    todo: list[SweepPoint] = []
-    for point in points:
-        prior = stored.get(point.key)
-        model_ok = not config.save_models or (prior and Path(str(prior["record"].get("model_path"))).exists())
-        if prior and prior["settings"] == point_settings(config, point) and model_ok:
-            records[point.key] = prior["record"]
-        else:
-            todo.append(point)
-    total, done = len(points), len(records)
-    for i, point in enumerate(p for p in points if p.key in records):
-        say(_line(i + 1, total, config, records[point.key], "done earlier (resumed)"), "dim")
-    failed: list[dict[str, Any]] = []
-    config_data = config.to_dict()
-    if jobs > 1:
-        config_data["train"]["progress"] = False  # one line per point instead of interleaved bars
-    from modelscale.scaling.point import execute_point
+    from modelscale.pipeline.folders import run_lock
 
-    args = [(config_data, dataclasses.asdict(p), location, str(out), allow_pickle) for p in todo]
-
-    def collect(point: SweepPoint, outcome: tuple[Any, Any]) -> None:
-        nonlocal done
-        done += 1
-        rec, error = outcome
-        if rec is None:
-            failed.append({"key": point.key, "error": error})
-            say(f"[{done}/{total}] {config.name} {point.key}: FAILED: {error}", "bold red")
-        else:
-            records[point.key] = rec
-            say(_line(done, total, config, rec, "trained"))
-
-    if jobs == 1 or len(todo) <= 1:
-        for point, a in zip(todo, args):
-            collect(point, execute_point(*a))
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        ctx = multiprocessing.get_context("spawn")  # no forked torch thread pools
-        with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx) as pool:
-            futures = {pool.submit(execute_point, *a): p for p, a in zip(todo, args)}
-            for future in as_completed(futures):
-                try:
-                    outcome = future.result()
-                except Exception as exc:  # noqa: BLE001 - a crashed worker process
-                    outcome = (None, f"worker crashed: {type(exc).__name__}: {exc}")
-                collect(futures[future], outcome)
-    ordered = [records[p.key] for p in points if p.key in records]
-    if any(r["task"] == "lm" for r in ordered):
-        notes.append("D for language models is tokens (bytes); flops_6nd uses non-embedding parameters")
-    notes.append(
-        "train_flops: FlopCounterMode FLOPs of one forward+backward of one training batch, per example, × examples "
-        "seen (matmul/conv/attention only; validation passes not included)"
+    busy = (
+        f"another `modelscale scale` is running the study {config.name!r} into {{path}}; wait for it to finish, "
+        "or share the points between processes with --storage URL and --worker"
     )
-    return SweepResult(
-        config=config,
-        points=ordered,
-        executed=len(todo) - len(failed),
-        skipped=len(points) - len(todo),
-        failed=failed,
-        out_dir=str(out),
-        store=location,
-        notes=notes,
-        seconds=time.perf_counter() - t0,
-    )
+    with run_lock(out, name=".scale.lock", busy=busy):
+        points, notes = sweep_points(config, gpu_sizes=gpu_sizes)
+        say = Printer(progress)
+        db = open_store(store)
+        own = db is not store
+        try:
+            location = db.location
+            if "://" not in location:
+                location = str(Path(location).resolve())
+            stored = _stored_points(db, config, out)
+        finally:
+            if own:
+                db.close()
+        records: dict[str, dict[str, Any]] = {}
+        todo: list[SweepPoint] = []
+        for point in points:
+            prior = stored.get(point.key)
+            model_ok = not config.save_models or (
+                prior and Path(str(prior["record"].get("model_path"))).exists()
+            )
+            if prior and prior["settings"] == point_settings(config, point) and model_ok:
+                records[point.key] = prior["record"]
+            else:
+                todo.append(point)
+        total, done = len(points), len(records)
+        for i, point in enumerate(p for p in points if p.key in records):
+            say(_line(i + 1, total, config, records[point.key], "done earlier (resumed)"), "dim")
+        failed: list[dict[str, Any]] = []
+        config_data = config.to_dict()
+        if jobs > 1:
+            config_data["train"]["progress"] = False  # one line per point instead of interleaved bars
+        from modelscale.scaling.point import execute_point
+
+        args = [(config_data, dataclasses.asdict(p), location, str(out), allow_pickle) for p in todo]
+
+        def collect(point: SweepPoint, outcome: tuple[Any, Any]) -> None:
+            nonlocal done
+            done += 1
+            rec, error = outcome
+            if rec is None:
+                failed.append({"key": point.key, "error": error})
+                say(f"[{done}/{total}] {config.name} {point.key}: FAILED: {error}", "bold red")
+            else:
+                records[point.key] = rec
+                say(_line(done, total, config, rec, "trained"))
+
+        if jobs == 1 or len(todo) <= 1:
+            for point, a in zip(todo, args):
+                collect(point, execute_point(*a))
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            ctx = multiprocessing.get_context("spawn")  # no forked torch thread pools
+            with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx) as pool:
+                futures = {pool.submit(execute_point, *a): p for p, a in zip(todo, args)}
+                for future in as_completed(futures):
+                    try:
+                        outcome = future.result()
+                    except Exception as exc:  # noqa: BLE001 - a crashed worker process
+                        outcome = (None, f"worker crashed: {type(exc).__name__}: {exc}")
+                    collect(futures[future], outcome)
+        ordered = [records[p.key] for p in points if p.key in records]
+        if any(r["task"] == "lm" for r in ordered):
+            notes.append("D for language models is tokens (bytes); flops_6nd uses non-embedding parameters")
+        notes.append(
+            "train_flops: FlopCounterMode FLOPs of one forward+backward of one training batch, per example, × examples "
+            "seen (matmul/conv/attention only; validation passes not included)"
+        )
+        return SweepResult(
+            config=config,
+            points=ordered,
+            executed=len(todo) - len(failed),
+            skipped=len(points) - len(todo),
+            failed=failed,
+            out_dir=str(out),
+            store=location,
+            notes=notes,
+            seconds=time.perf_counter() - t0,
+        )
