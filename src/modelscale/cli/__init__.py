@@ -52,6 +52,12 @@ def _common(p: argparse.ArgumentParser, *, model_positional: bool = True) -> Non
     p.add_argument(
         "--data", help="data source (digits, cifar10:DIR, imagefolder:DIR, npz:FILE, text:PATH, pystdlib)"
     )
+    p.add_argument(
+        "--standardize",
+        action="store_true",
+        help="npz: data only: scale every feature to mean 0, sd 1 with train-split statistics "
+        "(pass it to every command that uses the data)",
+    )
     p.add_argument("--input-shape", help="batch input shape for profiling, e.g. 1,3,224,224")
     p.add_argument(
         "--num-classes",

@@ -49,7 +49,18 @@ def _session(args: argparse.Namespace, source: Any = None, *, data: Any = None, 
         calibration_batches=getattr(args, "calibration_batches", 4),
         width=getattr(args, "width", 1.0),
         depth=getattr(args, "depth", 1.0),
+        data_options={"standardize": True} if getattr(args, "standardize", False) else None,
     )
+
+
+def _data_meta(args: argparse.Namespace, session: Any) -> dict[str, Any]:
+    """What a saved folder records of its data: the spec, and the standardization when one was used."""
+    meta: dict[str, Any] = {"data": args.data}
+    standardized = session.data.meta.get("standardize") if session.data is not None else None
+    if standardized:
+        meta["data_options"] = {"standardize": True}
+        meta["standardize"] = standardized
+    return meta
 
 
 def cmd_profile(args: argparse.Namespace):
@@ -112,7 +123,7 @@ def cmd_train(args: argparse.Namespace):
         return None
     metrics = evaluate(session.model, session.data.test, task=session.task)
     out = save_model_dir(
-        args.out, session.bundle, meta={"data": args.data, "train": config.to_dict(), "test": metrics}
+        args.out, session.bundle, meta={**_data_meta(args, session), "train": config.to_dict(), "test": metrics}
     )
     finish_rank()
     name = session.bundle.spec.get("name")
@@ -206,7 +217,7 @@ def cmd_compress(args: argparse.Namespace):
     file_info = None
     if args.out:
         folder = save_model_dir(
-            Path(args.out) / "model", session.bundle, meta={"data": args.data}, storage=args.storage
+            Path(args.out) / "model", session.bundle, meta=_data_meta(args, session), storage=args.storage
         )
         file_info = use_file_sizes(cmp, folder)
     text = compare_markdown(cmp)

@@ -33,7 +33,7 @@ _SOURCES: dict[str, tuple[str, dict[str, Any]]] = {
     "digits": ("digits", {}),
     "cifar10": ("cifar10:<dir>", {}),
     "imagefolder": ("imagefolder:<dir>", {"image_size": 32, "grayscale": False}),
-    "npz": ("npz:<file>", {}),
+    "npz": ("npz:<file>", {"standardize": False}),
     "text": ("text:<file-or-dir>", {}),
     "pystdlib": ("pystdlib", {}),
     "synthetic": ("synthetic[:<C>x<H>x<W>[:<classes>]]", {"num_examples": 1024}),
@@ -64,7 +64,9 @@ def load_data(
     `data_fraction` < 1 keeps a seeded stratified subset of the train split only (val and test are
     unchanged, so results at different data budgets are comparable). `max_bytes` caps text sources
     (pystdlib defaults to 8 MB). `options` are source-specific: imagefolder takes `image_size` (32)
-    and `grayscale` (False); synthetic takes `num_examples` (1024).
+    and `grayscale` (False); synthetic takes `num_examples` (1024); npz takes `standardize` (False:
+    True shifts and scales every feature — every channel of image-shaped inputs — to mean 0 and
+    standard deviation 1 with statistics of the train split only, applied to all three splits).
     """
     name, arg = _parse(spec)
     _check_common(seed, block_size, max_bytes, augment, val_fraction, test_fraction, data_fraction)
@@ -90,10 +92,21 @@ def load_data(
     elif name == "imagefolder":
         arrays = images.read_imagefolder(arg, image_size=opts["image_size"], grayscale=opts["grayscale"])
     elif name == "npz":
+        if not isinstance(opts["standardize"], bool):
+            raise ModelscaleError(f"standardize must be true or false, got {opts['standardize']!r}")
         arrays = images.read_npz(arg)
     else:
         arrays = images.read_synthetic(arg, seed=seed, num_examples=opts["num_examples"])
-    return _split_classification(spec, arrays, seed, val_fraction, test_fraction, data_fraction, augment)
+    return _split_classification(
+        spec,
+        arrays,
+        seed,
+        val_fraction,
+        test_fraction,
+        data_fraction,
+        augment,
+        opts.get("standardize", False),
+    )
 
 
 def as_data_bundle(data: Any, *, seed: int = 0, **options: Any) -> DataBundle | None:
@@ -168,7 +181,7 @@ def _check_common(seed, block_size, max_bytes, augment, val_fraction, test_fract
 
 
 def _split_classification(
-    spec, arrays, seed, val_fraction, test_fraction, data_fraction, augment
+    spec, arrays, seed, val_fraction, test_fraction, data_fraction, augment, standardize=False
 ) -> DataBundle:
     labels = arrays.y.numpy()
     num_classes = len(arrays.class_names)
@@ -191,8 +204,22 @@ def _split_classification(
             f"augment needs image inputs (C, H, W); {spec!r} has inputs of shape {tuple(arrays.x.shape[1:])}"
         )
 
+    shift = divide = None
+    standardized = None
+    if standardize:
+        shift, divide, standardized = _train_statistics(arrays, parts["train"], spec)
+
     def make(split: str, aug: AugmentConfig | None) -> ArrayDataset:
-        return ArrayDataset(arrays.x, arrays.y, parts[split], scale=arrays.scale, augment=aug, seed=seed)
+        return ArrayDataset(
+            arrays.x,
+            arrays.y,
+            parts[split],
+            scale=arrays.scale,
+            augment=aug,
+            seed=seed,
+            shift=shift,
+            divide=divide,
+        )
 
     meta = {
         **arrays.meta,
@@ -207,6 +234,7 @@ def _split_classification(
         "class_names": list(arrays.class_names),
         "class_counts": {k: np.bincount(labels[v], minlength=num_classes).tolist() for k, v in parts.items()},
         "augment": augment.to_dict() if augment is not None else None,
+        "standardize": standardized,
     }
     return DataBundle(
         name=spec,
@@ -218,6 +246,33 @@ def _split_classification(
         input_shape=tuple(int(d) for d in arrays.x.shape[1:]),
         meta=meta,
     )
+
+
+def _train_statistics(
+    arrays: Any, train: np.ndarray, spec: str
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """Per-feature (per-channel for N×C×H×W inputs) mean and standard deviation of the train rows."""
+    if len(train) < 2:
+        raise ModelscaleError(f"{spec}: standardize needs at least 2 training examples, got {len(train)}")
+    x = arrays.x[torch.as_tensor(train, dtype=torch.int64)].to(torch.float64)
+    if arrays.scale is not None:
+        x = x * arrays.scale
+    dims = (0, 2, 3) if x.ndim == 4 else (0,)
+    mean = x.mean(dim=dims, keepdim=True)[0]
+    std = x.std(dim=dims, unbiased=False, keepdim=True)[0]
+    constant = int((std <= 1e-12).sum())
+    std = torch.where(std <= 1e-12, torch.ones_like(std), std)  # a constant feature is only shifted
+    flat_mean, flat_std = mean.flatten().tolist(), std.flatten().tolist()
+    info: dict[str, Any] = {
+        "fitted_on": f"train split ({len(train)} examples)",
+        "per": "channel" if x.ndim == 4 else "feature",
+        "count": len(flat_mean),
+        "constant_features": constant,
+    }
+    if len(flat_mean) <= 64:
+        info["mean"] = [round(v, 6) for v in flat_mean]
+        info["std"] = [round(v, 6) for v in flat_std]
+    return mean.to(torch.float32), std.to(torch.float32), info
 
 
 def _warn_missing_classes(

@@ -34,8 +34,12 @@ class ArrayDataset(Dataset):
         scale: float | None = None,
         augment: AugmentConfig | None = None,
         seed: int = 0,
+        shift: torch.Tensor | None = None,
+        divide: torch.Tensor | None = None,
     ) -> None:
         self.x = x
+        self.shift = shift  # standardization (train-split mean and std), applied after `scale`
+        self.divide = divide
         self.y = y.to(torch.int64)
         self.indices = torch.as_tensor(indices, dtype=torch.int64).reshape(-1)
         self.scale = scale
@@ -65,7 +69,11 @@ class ArrayDataset(Dataset):
 
     def _to_float(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(torch.float32)
-        return x * self.scale if self.scale is not None else x
+        if self.scale is not None:
+            x = x * self.scale
+        if self.shift is not None:
+            x = (x - self.shift) / self.divide
+        return x
 
     def _rng(self) -> torch.Generator:
         # Main process: a generator seeded from the split seed. DataLoader workers: one seeded from

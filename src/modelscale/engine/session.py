@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -99,14 +100,20 @@ def open_session(
     allow_pickle: bool = False,
     calibration_batches: int = CALIBRATION_BATCHES,
     progress: bool = True,
+    data_options: dict[str, Any] | None = None,
     **model_kwargs: Any,
 ) -> Session:
-    """Load the data, then the model sized for it, once; `input_shape` is a batch shape (1,3,32,32)."""
+    """Load the data, then the model sized for it, once; `input_shape` is a batch shape (1,3,32,32).
+    `data_options` are the source's options (e.g. {"standardize": True} for npz:)."""
     from modelscale.engine.compat import check_fits, check_input_shape, check_source_kind, model_label
 
     if calibration_batches < 0:
         raise ModelscaleError(f"calibration batches must be >= 0, got {calibration_batches}")
-    bundle_data = as_data_bundle(data, seed=seed)
+    if data_options and data is None:
+        raise ModelscaleError(
+            f"data option(s) {', '.join(sorted(data_options))} need --data (e.g. --data npz:FILE)"
+        )
+    bundle_data = as_data_bundle(data, seed=seed, **(data_options or {}))
     check_input_shape(input_shape, bundle_data, None, "the model")
     classes = (
         bundle_data.num_classes if bundle_data is not None and bundle_data.task == "classification" else 0
@@ -134,6 +141,7 @@ def open_session(
             raise ModelscaleError(f"--input-shape {','.join(map(str, input_shape))}: {exc}") from None
         raise
     label = model_label(model, bundle)
+    _check_standardization(model, bundle_data)
     check_input_shape(input_shape, bundle_data, bundle, label)
     example = None
     if bundle_data is None and input_shape is not None:
@@ -148,3 +156,27 @@ def open_session(
         allow_pickle=allow_pickle,
         progress=progress,
     )
+
+
+def _check_standardization(model: Any, data: Any) -> None:
+    """A folder trained on standardized data, evaluated on raw data (or the reverse): say so once."""
+    import warnings
+
+    from modelscale.core.errors import ModelscaleWarning
+    from modelscale.core.saving import read_manifest
+
+    if data is None or not isinstance(model, str | Path) or not (Path(model) / "modelscale.json").is_file():
+        return
+    try:
+        saved = bool(read_manifest(model).get("meta", {}).get("data_options", {}).get("standardize"))
+    except (ModelscaleError, AttributeError):
+        return
+    now = bool(data.meta.get("standardize"))
+    if saved != now:
+        fix = "add --standardize" if saved else "drop --standardize"
+        warnings.warn(
+            f"{model} was trained on {'standardized' if saved else 'raw'} data but --data {data.name} is "
+            f"{'standardized' if now else 'raw'}; {fix} so the model sees inputs on the scale it learned",
+            ModelscaleWarning,
+            stacklevel=2,
+        )
