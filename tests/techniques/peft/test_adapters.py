@@ -102,3 +102,26 @@ def test_errors():
         BottleneckAdapterConfig(bottleneck=0)
     with pytest.raises(ModelscaleError, match="no layer to adapt"):
         apply(_cnn(), BottleneckAdapterConfig(target=Target(types=("Linear",))))  # only the head is Linear
+
+
+class _ReadsQkvWeight(nn.Module):
+    """Like torchvision's Swin window attention: forward calls F.linear with `self.qkv.weight`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(8, 8)
+        self.proj = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(nn.functional.linear(x, self.qkv.weight, self.qkv.bias))
+
+
+def test_a_layer_whose_parent_reads_its_weight_is_skipped_not_broken():
+    torch.manual_seed(0)
+    model = nn.Sequential(_ReadsQkvWeight(), nn.ReLU(), nn.Linear(8, 3)).eval()
+    x = torch.rand(4, 8)
+    result = apply(model, BottleneckAdapterConfig(bottleneck=2), example_inputs=x)
+    assert not isinstance(result.model[0].qkv, AdapterWrapped)  # F.linear(self.qkv.weight) still works
+    assert isinstance(result.model[0].proj, AdapterWrapped)  # called as a module: safe to wrap
+    assert any("0.qkv" in n and "reads its .weight directly" in n for n in result.record.notes)
+    assert torch.equal(result.model.eval()(x), model(x))

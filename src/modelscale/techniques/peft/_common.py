@@ -108,8 +108,26 @@ def count_params(model: nn.Module) -> int:
     return measure_params(model).total
 
 
+def reads_weight_directly(model: nn.Module, name: str) -> str | None:
+    """The parent's class name when its forward uses `self.<child>.weight` itself (torchvision's Swin
+    attention calls F.linear with it), which a wrapper around the child would never see."""
+    import inspect
+    import re
+
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    try:
+        source = inspect.getsource(type(parent).forward)
+    except (OSError, TypeError):
+        return None
+    return type(parent).__name__ if re.search(rf"self\.{re.escape(attr)}\.weight\b", source) else None
+
+
 def wrap_blocker(model: nn.Module, name: str) -> str | None:
     """Why module `name` must not be wrapped or swapped for a wrapper (None when it is safe)."""
+    reader = reads_weight_directly(model, name)
+    if reader is not None:
+        return f"its parent {reader}'s forward reads its .weight directly, so a wrapper would be bypassed"
     parts = name.split(".")
     for i in range(len(parts) - 1, 0, -1):
         parent = model.get_submodule(".".join(parts[:i]))

@@ -32,7 +32,6 @@ Example::
 from __future__ import annotations
 
 import copy
-import inspect
 import re
 import warnings
 from dataclasses import dataclass
@@ -55,6 +54,7 @@ from modelscale.techniques.peft._common import (
     is_conv1d_transformers,
     module_param_names,
     param_summary,
+    reads_weight_directly,
     set_module,
     wrap_blocker,
 )
@@ -156,18 +156,6 @@ def _tied_elsewhere(names: dict[int, list[str]], name: str, module: nn.Module) -
     return [n for n in names.get(id(weight), []) if not n.startswith(f"{name}.")]
 
 
-def _reads_weight_directly(model: nn.Module, name: str) -> str | None:
-    """The parent's class name when its forward uses `self.<child>.weight` itself (torchvision's Swin
-    attention calls F.linear with it), which a wrapped layer's update would never reach."""
-    parent_name, _, attr = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    try:
-        source = inspect.getsource(type(parent).forward)
-    except (OSError, TypeError):
-        return None
-    return type(parent).__name__ if re.search(rf"self\.{re.escape(attr)}\.weight\b", source) else None
-
-
 def _skip_reason(
     model: nn.Module, name: str, module: nn.Module, layer_cls: type, names: dict[int, list[str]]
 ) -> str | None:
@@ -177,7 +165,7 @@ def _skip_reason(
         return f"{type(module).__name__} is not a Linear, Conv1d/2d/3d, Embedding or transformers Conv1D"
     if isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1:
         return GROUPED
-    reader = _reads_weight_directly(model, name)
+    reader = reads_weight_directly(model, name)
     if reader is not None:
         return f"its parent {reader}'s forward reads its .weight directly, so the update would be bypassed"
     tied = _tied_elsewhere(names, name, module)
