@@ -117,6 +117,7 @@ def _techniques_epilog() -> str:
 def build_parser(technique: str | None = None, *, list_techniques: bool = True) -> argparse.ArgumentParser:
     """The CLI parser; `list_techniques=False` skips importing every technique for compress's epilog."""
     from modelscale import __version__
+    from modelscale.cli.measuring import add_backend_options
 
     parser = _Parser(prog="modelscale", description="Measure, compress and scale PyTorch models, honestly.")
     parser.add_argument("--version", action="version", version=f"modelscale {__version__}")
@@ -128,6 +129,7 @@ def build_parser(technique: str | None = None, *, list_techniques: bool = True) 
     _common(p)
     p.add_argument("--no-latency", action="store_true", help="skip latency measurement")
     _timing(p)
+    add_backend_options(p)
     p.add_argument(
         "--batch-size", type=int, default=None, help="batch for latency when --input-shape is not given"
     )
@@ -196,6 +198,7 @@ def build_parser(technique: str | None = None, *, list_techniques: bool = True) 
     p.add_argument("other", help="other model: saved model folder or zoo name")
     _common(p, model_positional=False)
     _timing(p)
+    add_backend_options(p)
 
     p = sub.add_parser(
         "sensitivity", help="metric drop when compressing each layer alone, at several strengths"

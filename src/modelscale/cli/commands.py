@@ -67,10 +67,13 @@ def cmd_profile(args: argparse.Namespace):
     from modelscale.measure.profile import profile
     from modelscale.report.tables import profile_markdown
 
+    if args.no_latency and (args.compile or args.backend != "torch"):
+        raise ModelscaleError("--compile and --backend ort|both time the model: drop --no-latency")
     session = _session(args)
+    x = session.example_inputs(args.batch_size)
     report = profile(
         session.model,
-        session.example_inputs(args.batch_size),
+        x,
         latency=not args.no_latency,
         repeats=args.repeats,
         threads=args.threads,
@@ -78,7 +81,17 @@ def cmd_profile(args: argparse.Namespace):
         loader=session.test_loader(),
         task=session.task,
     )
-    return profile_markdown(report), report.to_dict()
+    return _with_backends(args, profile_markdown(report), report.to_dict(), {"model": session.model}, x)
+
+
+def _with_backends(args: argparse.Namespace, text: str, data: dict, models: dict, x: Any):
+    """`--compile` / `--backend`: the backends section under the command's own output."""
+    from modelscale.cli.measuring import measure_backend_options
+
+    backends = measure_backend_options(args, models, x, device=args.device)
+    if backends is None:
+        return text, data
+    return f"{text}\n\n{backends.text()}", {**data, "backends": backends.to_dict()}
 
 
 def _train_config(args: argparse.Namespace):
@@ -128,6 +141,10 @@ def cmd_train(args: argparse.Namespace):
     finish_rank()
     name = session.bundle.spec.get("name")
     lines = [f"trained {name} on {args.data}: " + _fmt_metrics(metrics), f"saved to {out}"]
+    if outcome.summary["train"].get("compile"):
+        from modelscale.measure.compiled import CompileReport
+
+        lines.insert(1, CompileReport.from_dict(outcome.summary["train"]["compile"]).describe())
     return "\n".join(lines), {"test": metrics, "out": str(out), "train": outcome.summary["train"]}
 
 
@@ -272,7 +289,8 @@ def cmd_compare(args: argparse.Namespace):
         threads=args.threads,
         latency_budget_s=args.latency_budget,
     )
-    return compare_markdown(cmp), cmp.to_dict()
+    models = {"base": session.model, "other": other.model}
+    return _with_backends(args, compare_markdown(cmp), cmp.to_dict(), models, x)
 
 
 def cmd_sensitivity(args: argparse.Namespace):

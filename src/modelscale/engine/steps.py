@@ -402,6 +402,7 @@ def train(
         "val": result.metrics,
         "final_train_loss": last.get("train_loss"),
         "device": result.device,
+        "compile": getattr(result, "compile", None),  # with train.compile: the CompileReport
     }
     rows = [{"name": f"train.{k}", "value": float(v)} for k, v in result.metrics.items()]
     rows += [

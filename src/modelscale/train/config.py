@@ -86,6 +86,12 @@ class TrainConfig(Config):
     activation_checkpointing: bool = param(
         False, "recompute each block's activations in backward instead of storing them"
     )
+    compile: bool = param(
+        False, "train through torch.compile (first-step compile time recorded; eager if compiling fails)"
+    )
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = param(
+        "default", "torch.compile mode when compile is set"
+    )
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "grad_accum", "step_size"):

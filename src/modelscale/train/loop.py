@@ -78,6 +78,7 @@ class TrainResult:
     device: str
     world_size: int
     config: dict[str, Any] = field(default_factory=dict)
+    compile: dict[str, Any] | None = None  # with config.compile: measure.compiled.CompileReport as a dict
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -222,6 +223,12 @@ def _run(
     net: nn.Module = model
     if info.enabled and not sharded:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+    compiled = None
+    if config.compile:  # the forward compiles at its first call (timed there); eager if that fails
+        from modelscale.measure.compiled import GuardedCompile
+
+        net = compiled = GuardedCompile(net, config.compile_mode)  # type: ignore[assignment]
+    backward_guard = compiled.backward_guard if compiled is not None else contextlib.nullcontext
     criterion = loss_fn or criterion_for(data.task, config.label_smoothing)
     clip, last_lr = config.grad_clip, optimizer.param_groups[0]["lr"]
     bar = make_progress(config.progress and info.is_main, total_steps, state.step)
@@ -261,10 +268,11 @@ def _run(
                     micro += 1
                     if group > 1:
                         loss = loss / group
-                    if scaler is not None:
-                        scaler.scale(loss).backward()
-                    else:
-                        loss.backward()
+                    with backward_guard():
+                        if scaler is not None:
+                            scaler.scale(loss).backward()
+                        else:
+                            loss.backward()
                 if not closes_group:
                     continue
                 if scaler is not None:
@@ -343,6 +351,7 @@ def _run(
         device=str(device),
         world_size=info.world_size,
         config=config.to_dict(),
+        compile=compiled.final_report().to_dict() if compiled is not None else None,
     )
 
 
