@@ -5,12 +5,15 @@ The model is the zoo CNN trained on scikit-learn's digits (30 epochs, seed 0, ca
 Objectives: validation accuracy (max) and bytes on disk of the saved model file (min), under
 `accuracy_drop <= 1` (points, validation). Methods:
 
-- `search`: `modelscale.search` as shipped (TPE multivariate + constraints, warm starts), default space;
-- `random`: the same space and budget with Optuna's RandomSampler and no warm starts;
+- `search`: `modelscale.search` as shipped (TPE multivariate + constraints, sensitivity-knapsack and
+  corner warm starts, paired-test early stopping), default space;
+- `random`: the same space and budget with Optuna's RandomSampler, no warm starts, no early stopping;
 - `grid`: global magnitude pruning {0, 0.5, 0.75} × {static int8, int4 weight-only} × fine-tune {0, 5}
   epochs (12 recipes, each run once: the grid is deterministic).
 
-Per run: trials-to-target (first feasible trial with bytes ≤ the target, 24,000 B by default) and the
+Per run: trials-to-target (first feasible trial with bytes ≤ the target, 24,000 B by default; a trial
+stopped early spends one trial of the budget like any other; a run that never reaches the target counts
+as +∞ in the median, which is reported unless it is itself +∞) and the
 hypervolume of the feasible front in (accuracy, bytes / baseline bytes), reference point
 (baseline accuracy − 3 pt, 1.0): the area a method's front dominates. Search and random run with 5
 seeds each. The test split is never used here. Results: benchmarks/results/search_digits.json with
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import statistics
 import sys
@@ -100,6 +104,8 @@ def analyse(out: Path, target: float) -> dict:
         and all(v <= 0 for v in t.user_attrs.get("constraint_violation", [1.0]))
     ]  # fmt: skip
     hit = next((t.number + 1 for t in feasible if t.user_attrs["metrics"]["bytes"] <= target), None)
+    stopped = [t for t in trials if t.state.name == "PRUNED" and "early_stop" in t.user_attrs]
+    warm = [t.number + 1 for t in trials if "warm_start" in t.user_attrs]
     pts = [
         (t.user_attrs["metrics"]["accuracy"], t.user_attrs["metrics"]["bytes"] / base["bytes"])
         for t in feasible
@@ -109,6 +115,10 @@ def analyse(out: Path, target: float) -> dict:
         "trials": len(trials),
         "feasible": len(feasible),
         "trials_to_target": hit,
+        "stopped_early": len(stopped),
+        "stopped_early_p_values": [t.user_attrs["early_stop"]["p_value"] for t in stopped],
+        "warm_start_trials": warm,
+        "sensitivity_seconds": study.user_attrs.get("sensitivity", {}).get("seconds"),
         "hypervolume": hypervolume(pts, (base["accuracy"] - 0.03, 1.0)),
         "smallest_feasible_bytes": smallest,
         "baseline_bytes": base["bytes"],
@@ -126,10 +136,10 @@ def run(method: str, seed: int, trials: int, target: float, model: Path, root: P
     if method == "grid":
         space, points = grid_space()
         search(str(model), "digits", space=space, n_trials=len(points), sampler="random", warm_start=False,
-               enqueue=points, **kwargs)  # fmt: skip
+               enqueue=points, early_stop=False, **kwargs)  # fmt: skip
     else:
         search(str(model), "digits", n_trials=trials, sampler="auto" if method == "search" else "random",
-               warm_start=method == "search", **kwargs)  # fmt: skip
+               warm_start=method == "search", early_stop=method == "search", **kwargs)  # fmt: skip
     result = analyse(out, target)
     result.update({"method": method, "seed": seed, "seconds": time.perf_counter() - t0})
     return result
@@ -140,17 +150,32 @@ def summary(rows: list[dict], method: str) -> dict:
     hits = [r["trials_to_target"] for r in mine]
     reached = sorted(h for h in hits if h is not None)
     hv = sorted(r["hypervolume"] for r in mine)
+    median = statistics.median([math.inf if h is None else h for h in hits]) if hits else math.inf
     return {
         "runs": len(mine),
         "reached_target": len(reached),
-        "median_trials_to_target": statistics.median(reached)
-        if len(reached) == len(mine) and reached
-        else None,
+        "median_trials_to_target": None if math.isinf(median) else median,  # not reached = +inf
         "trials_to_target": hits,
         "hypervolume_median": statistics.median(hv),
         "hypervolume_p75": hv[min(len(hv) - 1, int(round(0.75 * (len(hv) - 1))))],
         "hypervolume": hv,
     }
+
+
+def acceptance(rows: list[dict]) -> dict:
+    """The issue's bar: median trials-to-target at most half of random's; HV median >= random p75 and grid."""
+    s, r, g = (summary(rows, m) for m in ("search", "random", "grid"))
+    med = {k: statistics.median([math.inf if h is None else h for h in x["trials_to_target"]]) for k, x in
+           (("search", s), ("random", r))}  # fmt: skip
+    return {
+        "median_trials_to_target_at_most_half_random": med["search"] <= 0.5 * med["random"]
+        if math.isfinite(med["search"])
+        else False,
+        "hypervolume_median_vs_random_p75": [s["hypervolume_median"], r["hypervolume_p75"],
+                                             s["hypervolume_median"] >= r["hypervolume_p75"]],
+        "hypervolume_median_vs_grid": [s["hypervolume_median"], g["hypervolume_median"],
+                                       s["hypervolume_median"] >= g["hypervolume_median"]],
+    }  # fmt: skip
 
 
 def main() -> None:
@@ -183,6 +208,7 @@ def main() -> None:
         "trials": args.trials,
         "summary": {m: summary(rows, m) for m in ("search", "random", "grid")},
         "runs": rows,
+        "acceptance": acceptance(rows),
         "machine": {**machine_notes(1), "load_before": load_before, "load_after": os.getloadavg()},
         "command": "python benchmarks/search.py " + " ".join(sys.argv[1:]),
     }
@@ -191,6 +217,7 @@ def main() -> None:
     for m, s in result["summary"].items():
         print(f"{m:7s}: reached {s['reached_target']}/{s['runs']}, median trials-to-target "
               f"{s['median_trials_to_target']}, HV median {s['hypervolume_median']:.5f} p75 {s['hypervolume_p75']:.5f}")  # fmt: skip
+    print("acceptance:", json.dumps(result["acceptance"]))
 
 
 if __name__ == "__main__":

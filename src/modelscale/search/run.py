@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from modelscale.core.errors import ModelscaleError
+from modelscale.search.early_stop import TrialStopped, make_check, rule_for
 from modelscale.search.objectives import (
     check_feasible,
     needs_latency,
@@ -40,7 +41,7 @@ from modelscale.search.objectives import (
     parse_objectives,
 )
 from modelscale.search.space import SearchSpace, default_space, parse_space
-from modelscale.search.study_setup import keyed_constraints, open_storage, sampler_for, warm_starts
+from modelscale.search.study_setup import keyed_constraints, open_storage, sampler_for
 from modelscale.search.trial import TrialPlan, baseline_metrics, recipe_of, run_trial, sample_steps
 
 MAX_TRIALS = 100_000
@@ -149,6 +150,7 @@ def search(
     warm_start: bool = True,
     enqueue: list[dict[str, Any]] | None = None,
     confirm_seeds: int = 3,
+    early_stop: bool | Any = True,
 ) -> SearchResult:
     """Search recipes for `model` (a saved folder or zoo name, trained) on `data`; see the module docstring.
 
@@ -157,7 +159,10 @@ def search(
     `n_trials` in all. `sampler`: "auto" (TPE, or NSGA-II for 3+ objectives) or "random" (the baseline
     the benchmark compares with); `warm_start`: enqueue the corner trials first; `enqueue`: more first
     trials, as Optuna parameter dicts (e.g. a grid, or recipes known to work); `confirm_seeds`: re-run the
-    smallest Pareto point with that many training seeds and report its test accuracy mean ± sd (0: no).
+    smallest Pareto point with that many training seeds and report its test accuracy mean ± sd (0: no);
+    `early_stop`: stop a trial that a paired test finds worse than its incumbent (True, False, or an
+    `EarlyStop` rule; see search/early_stop.py). Warm starts add the sensitivity-knapsack trials
+    (search/warm_start.py) before the corner ones.
     """
     import warnings
 
@@ -213,8 +218,11 @@ def search(
         study.set_user_attr("objectives", [o.metric for o in objs])
         study.set_user_attr("constraints", [str(c) for c in cons])
         study.set_user_attr("baseline", base)
-        for params in [*(enqueue or []), *(warm_starts(space) if warm_start else [])]:
-            study.enqueue_trial(params, skip_if_exists=True)
+        from modelscale.search.warm_start import enqueue_starts
+
+        enqueue_starts(study, session, space, cons, base, enqueue=enqueue, warm_start=warm_start)
+    rule, why_not = rule_for(early_stop, objs)
+    study.set_user_attr("early_stop", asdict(rule) if rule else {"off": why_not or "early_stop=False"})
     t0 = time.perf_counter()
     spec_data = {"source": session.data.name, "seed": seed}
     run_store = store_path or out / "modelscale.db"
@@ -229,8 +237,14 @@ def search(
         folder = out / "trials" / f"{trial.number + 1:04d}"
         label = _label(steps)
         trial.set_user_attr("label", label)
+        record: dict[str, Any] = {}
+        check = make_check(study, objs, rule, record) if rule else None
         try:
-            metrics = run_trial(session, steps, folder, plan)
+            metrics = run_trial(session, steps, folder, plan, check)
+        except TrialStopped as stop:  # pruned in Optuna terms; it still spends one trial of the budget
+            trial.set_user_attr("early_stop", stop.verdict)
+            _say(progress, f"[trial {trial.number + 1}/{n_trials}] {label}: stopped early ({stop})")
+            raise optuna.TrialPruned(str(stop)) from None
         except ModelscaleError as exc:  # a recipe that cannot run on this model is infeasible, not a crash
             trial.set_user_attr("error", str(exc).splitlines()[0])
             trial.set_user_attr("constraint_violation", [1.0] * len(cons))
@@ -245,6 +259,8 @@ def search(
         violation = [c.violation(metrics, base) for c in cons]
         trial.set_user_attr("metrics", {k: v for k, v in metrics.items() if _plain(v)})
         trial.set_user_attr("constraint_violation", violation)
+        if "val_scores" in record:
+            trial.set_user_attr("val_scores", record["val_scores"])
         if keyed_constraints():
             for c, v in zip(cons, violation):
                 trial.set_constraint(str(c), float(v))
@@ -343,9 +359,15 @@ def confirm(session: Any, point: dict[str, Any], seeds: int, out: Path) -> dict[
 
 
 def _completed(study: Any) -> int:
+    """Trials that spent the budget: completed ones and those stopped early by the paired test."""
     import optuna
 
-    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return sum(
+        1
+        for t in study.get_trials(deepcopy=False, states=states)
+        if t.state == optuna.trial.TrialState.COMPLETE or "early_stop" in t.user_attrs
+    )
 
 
 def _plain(value: Any) -> bool:

@@ -135,8 +135,13 @@ def _violated_sizes(metrics: dict[str, float], plan: TrialPlan) -> list[str]:
     ]
 
 
-def run_trial(base_session: Any, steps: list[Any], folder: Path, plan: TrialPlan) -> dict[str, Any]:
-    """Run `steps` on a copy of the baseline; returns the trial's metrics (and why it stopped early)."""
+def run_trial(
+    base_session: Any, steps: list[Any], folder: Path, plan: TrialPlan, check: Any = None
+) -> dict[str, Any]:
+    """Run `steps` on a copy of the baseline; returns the trial's metrics (and why it stopped early).
+
+    `check(session, metrics)` runs once the file is measured, before the validation pass and latency
+    (the search's paired-test early stop: it raises to stop the trial)."""
     from modelscale.engine import Session, run_step
     from modelscale.models.loading import ModelBundle
 
@@ -167,6 +172,8 @@ def run_trial(base_session: Any, steps: list[Any], folder: Path, plan: TrialPlan
     for i, step in enumerate(steps):
         run_step(session, step, later=steps[i + 1 :])
     metrics = measure_artifact(session.bundle, folder)
+    if check is not None:
+        check(session, metrics)
     metrics.update(_quality(session, base_session))
     x1 = session.example_inputs(1)
     macs = _macs(session.model, x1)
