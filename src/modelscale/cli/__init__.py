@@ -295,6 +295,11 @@ def build_parser(technique: str | None = None, *, list_techniques: bool = True) 
         default=30,
         help="seconds between a worker's heartbeats (stale after twice that)",
     )
+    p.add_argument(
+        "--no-early-stop",
+        action="store_true",
+        help="run every trial to the end (no paired-test stop of trials worse than their incumbent)",
+    )
     _allow_pickle(p)
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 

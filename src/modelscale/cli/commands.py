@@ -403,6 +403,7 @@ def cmd_search(args: argparse.Namespace):
         threads=args.threads,
         allow_pickle=args.allow_pickle,
         heartbeat=args.heartbeat,
+        early_stop=not args.no_early_stop,
     )
     from modelscale.report.search_report import search_report
 
