@@ -17,9 +17,11 @@ from modelscale.techniques.quantize.kernel_choice import ChoiceCache, nearest_ba
 from modelscale.techniques.quantize.weight_only import WeightOnlyConfig, WeightOnlyLayer
 
 CPU = torch.device("cpu")
-KNOWN_PATHS = {"dequant", "float"} | {
+KNOWN_PATHS = {"dequant", "float", "int8_avx512"} | {
     f"{k}_{d}" for k in ("int8_mm", "int8_int4x2", "int4_cpu") for d in ("bf16", "fp16", "fp32")
 }
+# our AVX-512 kernel rounds activations to 16-bit integers per chunk: ~3e-5, below bf16's ~2e-3
+TOLERANCE = {"int8_avx512": 2e-4}
 
 
 def mlp():
@@ -51,7 +53,8 @@ def test_every_candidate_path_computes_the_dequantized_layer(bits, group, symmet
         got = layout.run(x, path.dtype)
         assert got.dtype in (torch.float32, path.dtype)
         # float32 activations: only summation order differs; bf16/fp16 round activations and outputs
-        assert rel(got, want) <= (2e-5 if path.dtype == torch.float32 else 5e-3), path.name
+        default = 2e-5 if path.dtype == torch.float32 else 5e-3
+        assert rel(got, want) <= TOLERANCE.get(path.name, default), path.name
         assert kernels.check_path(layer, path, layout) is None
 
 

@@ -1,0 +1,88 @@
+"""Our AVX-512 int8 weight-only kernel: parity with a float64 reference, shapes, and a clean refusal."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from modelscale.techniques.quantize import kernels, native_gemv
+from modelscale.techniques.quantize.weight_only import WeightOnlyLayer
+
+needs_kernel = pytest.mark.skipif(
+    native_gemv.unavailable() is not None, reason=f"kernel unavailable: {native_gemv.unavailable()}"
+)
+
+
+def _reference(x, w, s, group):
+    n, k = w.shape
+    wf = (w.double().view(n, k // group, group) * s.double()[..., None]).view(n, k)
+    return x.double() @ wf.t()
+
+
+def _rel(a, b):
+    return float((a.double() - b).norm() / b.norm())
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    ("m", "n", "k", "group"),
+    [(1, 64, 128, 128), (3, 61, 256, 32), (5, 130, 4096, 4096), (2, 17, 4096, 128), (1, 8, 6144, 6144)],
+)
+def test_kernel_matches_float64_within_16_bit_activation_rounding(m, n, k, group):
+    g = torch.Generator().manual_seed(n * k)
+    w = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
+    s = torch.rand(n, k // group, generator=g) + 0.1
+    x = torch.randn(m, k, generator=g)
+    x[0, :7] *= 50.0  # an outlier chunk: its scale is its own, the rest keep their precision
+    got = native_gemv.int8_gemv(x, w, s, group)
+    assert got.shape == (m, n) and got.dtype == torch.float32
+    err = _rel(got, _reference(x, w, s, group))
+    bf16 = _rel(_reference(x.bfloat16().float(), w, s, group).float(), _reference(x, w, s, group))
+    assert err < 1e-4 and err < bf16 / 10  # far more precise than bf16 activations, outlier included
+
+
+@needs_kernel
+def test_chunks_are_at_most_128_features_and_bad_shapes_are_refused():
+    assert native_gemv.chunk_size(11008, 11008) == 128  # per-channel weights: activations per 128
+    assert native_gemv.chunk_size(4096, 32) == 32
+    assert native_gemv.chunk_size(4800, 96) == 96
+    assert native_gemv.chunk_size(100, 100) is None
+    assert "divisible by 32" in native_gemv.shape_problem(100, 100)
+    w = torch.zeros(4, 100, dtype=torch.int8)
+    with pytest.raises(ValueError, match="divisible by 32"):
+        native_gemv.int8_gemv(torch.zeros(1, 100), w, torch.ones(4, 1), 100)
+    with pytest.raises(TypeError, match="float32 x"):
+        native_gemv.int8_gemv(torch.zeros(1, 64, dtype=torch.float64), w[:, :64], torch.ones(4, 1), 64)
+
+
+def test_a_missing_compiler_is_a_reason_not_an_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("MODELSCALE_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    native_gemv._library.cache_clear()
+    try:
+        why = native_gemv.unavailable()
+        assert why is not None and ("failed" in why or "AVX-512" in why)
+        layer = WeightOnlyLayer(nn.Linear(64, 32), bits=8, group_size=0, symmetric=True)
+        paths, skipped = kernels.candidate_paths(layer, torch.device("cpu"))
+        assert "int8_avx512" not in [p.name for p in paths] and skipped["int8_avx512"] == why
+    finally:
+        native_gemv._library.cache_clear()
+
+
+@needs_kernel
+@pytest.mark.parametrize(("group", "symmetric"), [(0, True), (64, False)])
+def test_the_kernel_path_computes_the_weight_only_layer_and_gives_its_codes_back(group, symmetric):
+    torch.manual_seed(3)
+    lin = nn.Linear(256, 96)
+    layer = WeightOnlyLayer(lin, bits=8, group_size=group, symmetric=symmetric)  # dequant: the reference
+    x = torch.randn(4, 256)
+    reference = x @ layer.dequantize().t() + lin.bias
+    path = next(p for p in kernels.candidate_paths(layer, torch.device("cpu"))[0] if p.name == "int8_avx512")
+    layout = kernels.build_layout(layer, path.layout, torch.device("cpu"))
+    assert kernels.check_path(layer, path, layout) is None
+    assert torch.equal(
+        layout.codes(), layer.codes().to(layout.codes().dtype)
+    )  # invertible: one copy suffices
+    got = layout.run(x, path.dtype) + lin.bias
+    assert _rel(got, reference.double()) < 1e-4
