@@ -64,11 +64,11 @@ def _data_meta(args: argparse.Namespace, session: Any) -> dict[str, Any]:
 
 
 def cmd_profile(args: argparse.Namespace):
+    from modelscale.cli.measuring import check_backend_options, with_backends
     from modelscale.measure.profile import profile
     from modelscale.report.tables import profile_markdown
 
-    if args.no_latency and (args.compile or args.backend != "torch"):
-        raise ModelscaleError("--compile and --backend ort|both time the model: drop --no-latency")
+    check_backend_options(args)
     session = _session(args)
     x = session.example_inputs(args.batch_size)
     report = profile(
@@ -81,17 +81,7 @@ def cmd_profile(args: argparse.Namespace):
         loader=session.test_loader(),
         task=session.task,
     )
-    return _with_backends(args, profile_markdown(report), report.to_dict(), {"model": session.model}, x)
-
-
-def _with_backends(args: argparse.Namespace, text: str, data: dict, models: dict, x: Any):
-    """`--compile` / `--backend`: the backends section under the command's own output."""
-    from modelscale.cli.measuring import measure_backend_options
-
-    backends = measure_backend_options(args, models, x, device=args.device)
-    if backends is None:
-        return text, data
-    return f"{text}\n\n{backends.text()}", {**data, "backends": backends.to_dict()}
+    return with_backends(args, profile_markdown(report), report.to_dict(), {"model": session.model}, x)
 
 
 def _train_config(args: argparse.Namespace):
@@ -256,6 +246,7 @@ def cmd_compress(args: argparse.Namespace):
 
 
 def cmd_compare(args: argparse.Namespace):
+    from modelscale.cli.measuring import with_backends
     from modelscale.measure.compare import compare
     from modelscale.models.loading import load_model
     from modelscale.report.tables import compare_markdown
@@ -290,7 +281,7 @@ def cmd_compare(args: argparse.Namespace):
         latency_budget_s=args.latency_budget,
     )
     models = {"base": session.model, "other": other.model}
-    return _with_backends(args, compare_markdown(cmp), cmp.to_dict(), models, x)
+    return with_backends(args, compare_markdown(cmp), cmp.to_dict(), models, x)
 
 
 def cmd_sensitivity(args: argparse.Namespace):

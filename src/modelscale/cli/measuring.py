@@ -72,3 +72,16 @@ def measure_backend_options(
         if args.backend != "ort" or not str(exc).startswith("ort cannot run"):
             raise
         raise ModelscaleError(f"--backend {exc} (--backend both reports torch alone then)") from None
+
+
+def check_backend_options(args: argparse.Namespace) -> None:
+    if getattr(args, "no_latency", False) and wanted(args):
+        raise ModelscaleError("--compile and --backend ort|both time the model: drop --no-latency")
+
+
+def with_backends(args: argparse.Namespace, text: str, data: dict, models: dict[str, Any], x: Any):
+    """`--compile` / `--backend`: the backends section under the command's own (text, data)."""
+    backends = measure_backend_options(args, models, x, device=args.device)
+    if backends is None:
+        return text, data
+    return f"{text}\n\n{backends.text()}", {**data, "backends": backends.to_dict()}
