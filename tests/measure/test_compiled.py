@@ -146,3 +146,23 @@ def test_guarded_compile_falls_back_to_eager_when_compiling_fails(no_cxx):
     assert not guarded.active
     assert guarded.report.status == "failed" and guarded.report.fallback == "eager"
     assert "C++ compiler" in guarded.report.reason
+
+
+def test_verdict_notes_name_only_stable_differences():
+    from modelscale.measure.backends import BackendRatio, verdict_notes
+    from modelscale.measure.paired_stats import pair_stats
+
+    eager = [2.0 + 0.01 * (i % 3) for i in range(40)]
+    quick = [1.0 + 0.005 * (i % 5) for i in range(40)]
+    stable = pair_stats(eager, quick, load_before=0.1, load_after=0.1, cores=2)
+    loaded = pair_stats(eager, quick, load_before=9.0, load_after=9.0, cores=2)
+    assert stable.verdict == "faster" and loaded.verdict == "unstable"
+    notes = verdict_notes(
+        [
+            BackendRatio(a="model:eager", b="model:ort", stats=stable),
+            BackendRatio(a="model:eager", b="model:compiled", stats=loaded),
+            BackendRatio(a="base:ort", b="other:ort", stats=stable),  # a cross ratio: not a backend verdict
+        ]
+    )
+    assert len(notes) == 1 and notes[0].startswith("ort is faster than eager for model: 1.99×")
+    assert "modelscale export" in notes[0]

@@ -123,6 +123,24 @@ class BackendComparison(Report):
         return "\n".join(lines)
 
 
+def verdict_notes(ratios: list[BackendRatio]) -> list[str]:
+    """A sentence for each backend that is measurably faster or slower than eager (stable figures only:
+    an unstable one is never called a speedup); a faster ORT session is pointed to `modelscale export`."""
+    notes = []
+    for r in ratios:
+        if not r.a.endswith(f":{EAGER}") or r.stats.verdict not in ("faster", "slower"):
+            continue
+        label, backend = r.b.split(":", 1)
+        text = (
+            f"{backend} is {r.stats.verdict} than eager for {label}: {r.stats.ratio:.2f}× "
+            f"[95% CI {r.stats.ci_low:.2f}–{r.stats.ci_high:.2f}]"
+        )
+        if backend == "ort" and r.stats.verdict == "faster":
+            text += " — deploy it through `modelscale export`"
+        notes.append(text)
+    return notes
+
+
 def _parity(ref: torch.Tensor, module: nn.Module, args: tuple[Any, ...]) -> tuple[float, float]:
     with torch.inference_mode():
         out = logits_of(module(*args)).detach().float().cpu()
@@ -234,6 +252,7 @@ def measure_backends(
         batch_size=batch_size(first),
         device=str(dev),
     )
+    result.notes.extend(verdict_notes(result.ratios))
     if group.load_before is not None:
         result.notes.append(
             f"load {group.load_before:.1f} before, {group.load_after:.1f} after timing; setup (compile, "
