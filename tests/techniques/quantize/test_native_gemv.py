@@ -86,3 +86,39 @@ def test_the_kernel_path_computes_the_weight_only_layer_and_gives_its_codes_back
     )  # invertible: one copy suffices
     got = layout.run(x, path.dtype) + lin.bias
     assert _rel(got, reference.double()) < 1e-4
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    ("m", "n", "k", "group", "offset"), [(1, 64, 128, 32, 8), (3, 61, 256, 64, 0), (2, 9, 4096, 128, 8)]
+)
+def test_int4_kernel_matches_float64_and_its_layout_round_trips(m, n, k, group, offset):
+    g = torch.Generator().manual_seed(k + n)
+    nibbles = torch.randint(0, 16, (n, k), dtype=torch.uint8, generator=g)
+    packed = native_gemv.pack_int4_rows(nibbles)
+    assert packed.shape == (n, k // 2) and torch.equal(native_gemv.unpack_int4_rows(packed), nibbles)
+    s = torch.rand(n, k // group, generator=g) + 0.1
+    x = torch.randn(m, k, generator=g)
+    got = native_gemv.int4_gemv(x, packed, s, group, offset)
+    wf = ((nibbles.double() - offset).view(n, k // group, group) * s.double()[..., None]).view(n, k)
+    assert _rel(got, x.double() @ wf.t()) < 1e-4
+
+
+@needs_kernel
+@pytest.mark.parametrize(("bits", "group", "symmetric"), [(4, 32, True), (4, 64, False), (8, 0, False)])
+def test_both_kernel_paths_compute_the_weight_only_layer(bits, group, symmetric):
+    torch.manual_seed(4)
+    layer = WeightOnlyLayer(nn.Linear(128, 48), bits=bits, group_size=group, symmetric=symmetric)
+    name = f"int{bits}_avx512"
+    path = next(p for p in kernels.candidate_paths(layer, torch.device("cpu"))[0] if p.name == name)
+    layout = kernels.build_layout(layer, path.layout, torch.device("cpu"))
+    x = torch.randn(5, 128)
+    assert _rel(layout.run(x, path.dtype), (x @ layer.dequantize().t()).double()) < 1e-4
+    assert kernels.check_path(layer, path, layout) is None
+    want = layer.stored_qweight() if bits == 8 else None
+    if bits == 8:
+        assert torch.equal(layout.codes(), want)
+    else:  # the canonical nibbles (symmetric codes carry their +8)
+        from modelscale.techniques.quantize.weight_only import unpack_int4
+
+        assert torch.equal(layout.codes(), unpack_int4(layer.stored_qweight())[:, :128])

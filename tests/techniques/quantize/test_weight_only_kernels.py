@@ -17,11 +17,11 @@ from modelscale.techniques.quantize.kernel_choice import ChoiceCache, nearest_ba
 from modelscale.techniques.quantize.weight_only import WeightOnlyConfig, WeightOnlyLayer
 
 CPU = torch.device("cpu")
-KNOWN_PATHS = {"dequant", "float", "int8_avx512"} | {
+KNOWN_PATHS = {"dequant", "float", "int8_avx512", "int4_avx512"} | {
     f"{k}_{d}" for k in ("int8_mm", "int8_int4x2", "int4_cpu") for d in ("bf16", "fp16", "fp32")
 }
-# our AVX-512 kernel rounds activations to 16-bit integers per chunk: ~3e-5, below bf16's ~2e-3
-TOLERANCE = {"int8_avx512": 2e-4}
+# our AVX-512 kernels round activations to 16-bit integers per chunk: ~3e-5, below bf16's ~2e-3
+TOLERANCE = {"int8_avx512": 2e-4, "int4_avx512": 2e-4}
 
 
 def mlp():

@@ -16,6 +16,9 @@ runtime tensors it reads, prepared once from the layer's codes (its *layout*):
     int8_avx512       our AVX-512 kernel (`native_gemv`): int8 rows streamed once, activations as
                       16-bit integers per chunk of ≤ 128 features (relative error ~3e-5, below bf16's
                       ~2e-3), exact int32 sums; the zero term as for int8_mm
+    int4_avx512       the same kernel for int4: our row layout (per 32 features, byte j holds feature j
+                      and j + 16), nibbles unpacked in registers; symmetric codes' offset 8 subtracted
+                      there, a zero point as one small matmul:  y = Σ s·q·x - Σ_g x_g · s_g·z_g
     float             F.linear / F.conv2d with the dequantized weight kept in float (one float copy)
     dequant           dequantize on every call, then the float op (the fallback; no runtime tensors)
 
@@ -100,6 +103,13 @@ class Layout:
             if t["asymmetric"]:
                 y -= x2d.to(torch.float32).view(x2d.shape[0], t["groups"], -1).sum(-1) @ t["zero_term"]
             return y
+        if self.kind == "int4_native":
+            from modelscale.techniques.quantize.native_gemv import int4_gemv
+
+            y = int4_gemv(x2d.to(torch.float32), t["packed"], t["scales_f32"], self.group, t["offset"])
+            if "zero_term" in t:
+                y -= x2d.to(torch.float32).view(x2d.shape[0], t["groups"], -1).sum(-1) @ t["zero_term"]
+            return y
         if self.kind == "int4_cuda":
             sz = t["scales_and_zeros"][dtype]
             return torch.ops.aten._weight_int4pack_mm(x2d.to(dtype), t["packed"], self.group, sz)
@@ -120,6 +130,10 @@ class Layout:
             return (w.to(torch.int16) + 128).to(torch.uint8) if t["asymmetric"] else w
         if self.kind == "int4_cpu" and self.invertible:
             return unpack_cpu_int4_layout(t["packed"])
+        if self.kind == "int4_native":
+            from modelscale.techniques.quantize.native_gemv import unpack_int4_rows
+
+            return unpack_int4_rows(t["packed"])
         if self.kind == "int8_int4x2" and self.invertible:
             nib = unpack_cpu_int4_layout(t["packed"]).to(torch.int16)
             k = nib.shape[1] // 2
@@ -195,8 +209,14 @@ def candidate_paths(layer: Any, device: torch.device) -> tuple[list[Path], dict[
             low = [dt for dt in dtypes if dt != torch.float32]
             paths += [Path(f"int8_int4x2_{DTYPE_NAMES[dt]}", "int8_int4x2", dt) for dt in low]
         return paths, skipped
+    native = _native_problem(k, g, device)
+    if native:
+        skipped["int4_avx512"] = native
+    else:
+        paths.append(Path("int4_avx512", "int4_native", torch.float32))
     if g not in INT4_KERNEL_GROUPS:
-        return paths, {"int4 kernels": f"int4 kernels need group_size in {INT4_KERNEL_GROUPS}, not {g}"}
+        skipped["int4 kernels"] = f"ATen's int4 kernels need group_size in {INT4_KERNEL_GROUPS}, not {g}"
+        return paths, skipped
     if device.type == "cpu":
         problem = _int4_cpu_problem(n)
         if problem:
@@ -271,6 +291,15 @@ def build_layout(layer: Any, kind: str, device: torch.device) -> Layout:
              "groups": groups}  # fmt: skip
         if asymmetric:
             t["zero_term"] = (scale * (zero - 128.0)).t().contiguous()  # groups × out, float32
+        return Layout(kind, t, group=g, invertible=True)
+    if kind == "int4_native":
+        from modelscale.techniques.quantize.native_gemv import pack_int4_rows
+
+        nibbles = (codes + 8 if layer.symmetric else codes).to(device, torch.uint8)
+        t = {"packed": pack_int4_rows(nibbles), "scales_f32": scale.view(n, groups).contiguous(),
+             "offset": 8 if layer.symmetric else 0, "groups": groups}  # fmt: skip
+        if not layer.symmetric:
+            t["zero_term"] = (scale * zero).t().contiguous()  # groups × out, float32
         return Layout(kind, t, group=g, invertible=True)
     if kind == "int8_int4x2":
         kg = int8_as_int4_group(layer)

@@ -112,6 +112,60 @@ int ms_int8_gemv(const float* x, const int8_t* w, const float* s, float* y, int1
   }
   return 0;
 }
+
+/* int4: each row is K/2 bytes in blocks of 16: byte j of a block holds feature j (low nibble) and
+   feature j + 16 (high nibble) of that block's 32 features. Codes are unsigned nibbles; `offset`
+   (8 for symmetric codes, else 0) is subtracted in registers; a zero point is the caller's term. */
+static inline __m512i dot32_u4(__m512i acc, __m512i xv, const uint8_t* w, __m512i offset) {
+  const __m128i b = _mm_loadu_si128((const __m128i*)w);
+  const __m128i mask = _mm_set1_epi8(0x0F);
+  const __m128i lo = _mm_and_si128(b, mask), hi = _mm_and_si128(_mm_srli_epi16(b, 4), mask);
+  const __m256i both = _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
+  const __m512i wv = _mm512_sub_epi16(_mm512_cvtepu8_epi16(both), offset);
+#ifdef __AVX512VNNI__
+  return _mm512_dpwssd_epi32(acc, xv, wv);
+#else
+  return _mm512_add_epi32(acc, _mm512_madd_epi16(xv, wv));
+#endif
+}
+
+int ms_int4_gemv(const float* x, const uint8_t* w, const float* s, float* y, int16_t* xq, float* xs,
+                 int64_t M, int64_t N, int64_t K, int64_t gsize, int64_t c, int offset, int threads) {
+  if (c % 32 || c > 512 || K % c || gsize % c || K % gsize) return 1;
+  quantize_rows(x, xq, xs, M, K, c);
+  const int64_t G = K / gsize, C = K / c, per_group = gsize / c, blocks = (N + 3) / 4, row = K / 2;
+  const __m512i off = _mm512_set1_epi16((short)offset);
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+  for (int64_t b = 0; b < blocks; ++b) {
+    int64_t r[4];
+    for (int i = 0; i < 4; ++i) r[i] = (b * 4 + i < N) ? b * 4 + i : N - 1;
+    const uint8_t *w0 = w + r[0] * row, *w1 = w + r[1] * row, *w2 = w + r[2] * row, *w3 = w + r[3] * row;
+    for (int64_t m = 0; m < M; ++m) {
+      const int16_t* xr = xq + m * K;
+      __m512 t0 = _mm512_setzero_ps(), t1 = t0, t2 = t0, t3 = t0;
+      for (int64_t j = 0; j < C; ++j) {
+        __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t k = j * c; k < (j + 1) * c; k += 32) {
+          const __m512i xv = _mm512_loadu_si512((const void*)(xr + k));
+          a0 = dot32_u4(a0, xv, w0 + k / 2, off);
+          a1 = dot32_u4(a1, xv, w1 + k / 2, off);
+          a2 = dot32_u4(a2, xv, w2 + k / 2, off);
+          a3 = dot32_u4(a3, xv, w3 + k / 2, off);
+        }
+        const float sx = xs[m * C + j];
+        const int64_t g = j / per_group;
+        t0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0), _mm512_set1_ps(sx * s[r[0] * G + g]), t0);
+        t1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a1), _mm512_set1_ps(sx * s[r[1] * G + g]), t1);
+        t2 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a2), _mm512_set1_ps(sx * s[r[2] * G + g]), t2);
+        t3 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a3), _mm512_set1_ps(sx * s[r[3] * G + g]), t3);
+      }
+      const float out[4] = {_mm512_reduce_add_ps(t0), _mm512_reduce_add_ps(t1), _mm512_reduce_add_ps(t2),
+                            _mm512_reduce_add_ps(t3)};
+      for (int i = 0; i < 4 && b * 4 + i < N; ++i) y[m * N + b * 4 + i] = out[i];
+    }
+  }
+  return 0;
+}
 """
 
 _FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-fopenmp", "-shared", "-fPIC"]
@@ -178,6 +232,9 @@ def _library() -> tuple[ctypes.CDLL | None, str | None]:
     fn = lib.ms_int8_gemv
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 5 + [ctypes.c_int]
+    fn4 = lib.ms_int4_gemv
+    fn4.restype = ctypes.c_int
+    fn4.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 5 + [ctypes.c_int, ctypes.c_int]
     return lib, None
 
 
@@ -228,4 +285,49 @@ def int8_gemv(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, group: int
                             xs.data_ptr(), m, n, k, group, c, torch.get_num_threads())  # fmt: skip
     if code:
         raise ValueError(shape_problem(k, group) or "int8_gemv refused the shapes")
+    return y
+
+
+def pack_int4_rows(nibbles: torch.Tensor) -> torch.Tensor:
+    """Our int4 layout from nibbles (N × K, uint8 in [0, 15], K % 32 == 0): per block of 32 features,
+    byte j holds feature j in its low nibble and feature j + 16 in its high nibble (N × K/2 uint8)."""
+    n, k = nibbles.shape
+    b = nibbles.to(torch.uint8).view(n, k // 32, 2, 16)
+    return (b[:, :, 0] | (b[:, :, 1] << 4)).reshape(n, k // 2).contiguous()
+
+
+def unpack_int4_rows(packed: torch.Tensor) -> torch.Tensor:
+    """Inverse of `pack_int4_rows`: nibbles (N × K, uint8)."""
+    n, half = packed.shape
+    b = packed.view(n, half // 16, 1, 16)
+    return torch.cat((b & 0x0F, b >> 4), dim=2).reshape(n, 2 * half)
+
+
+def int4_gemv(
+    x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, group: int, offset: int
+) -> torch.Tensor:
+    """x (M × K, float32) · ((nibbles - offset) · s)ᵀ with `packed` from `pack_int4_rows` (N × K/2 uint8)
+    and scales float32 (N × K/group); `offset` is 8 for symmetric codes, 0 for zero-point codes."""
+    lib, why = _library()
+    if lib is None:
+        raise RuntimeError(f"the int4 GEMV kernel is unavailable: {why}")
+    m, k = x.shape
+    n = packed.shape[0]
+    if x.dtype != torch.float32 or packed.dtype != torch.uint8 or scales.dtype != torch.float32:
+        raise TypeError("int4_gemv takes float32 x, uint8 packed nibbles and float32 scales")
+    if x.device.type != "cpu" or packed.shape[1] * 2 != k or scales.shape != (n, k // group):
+        raise ValueError(
+            f"int4_gemv: shapes x {tuple(x.shape)}, packed {tuple(packed.shape)}, scales {tuple(scales.shape)}"
+        )
+    c = chunk_size(k, group)
+    if c is None:
+        raise ValueError(shape_problem(k, group))
+    x, packed, scales = x.contiguous(), packed.contiguous(), scales.contiguous()
+    y = torch.empty(m, n, dtype=torch.float32)
+    xq = torch.empty(m, k, dtype=torch.int16)
+    xs = torch.empty(m, k // c, dtype=torch.float32)
+    code = lib.ms_int4_gemv(x.data_ptr(), packed.data_ptr(), scales.data_ptr(), y.data_ptr(), xq.data_ptr(),
+                            xs.data_ptr(), m, n, k, group, c, int(offset), torch.get_num_threads())  # fmt: skip
+    if code:
+        raise ValueError(shape_problem(k, group) or "int4_gemv refused the shapes")
     return y
