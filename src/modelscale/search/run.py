@@ -7,8 +7,10 @@ several machines) with `storage=` — with heartbeats, so a killed worker's tria
 retried once; `resume=True` continues a study, and several processes started with the same storage and
 study name share it (`modelscale search --worker`). Every trial is a complete recipe run by the one
 engine on a copy of the baseline, saved in `<out>/trials/<n>/` and measured on the validation split,
-the saved file, and latency paired against the baseline; the first trials are warm starts (each
-quantizer alone, and the most compressed corner) so the front starts where compression is cheap.
+the saved file, and latency paired against the baseline; the first trials are warm starts (a
+sensitivity knapsack aimed at byte goals, search/warm_start.py, then each quantizer alone and the
+space's corners) so the front starts where compression is cheap; a trial that a paired sign test finds
+less accurate than a no-larger feasible incumbent is stopped early (search/early_stop.py).
 
 At the end the feasible Pareto set is evaluated once on the test split, written as `pareto.json`, and
 each point's recipe as `recipes/<n>.yaml`, which `modelscale run` accepts as is.
