@@ -7,12 +7,14 @@ Example::
                        constraints=["accuracy_drop <= 1", "bytes <= 24000"], n_trials=50)
 """
 
+from modelscale.search.early_stop import EarlyStop
 from modelscale.search.objectives import METRICS, parse_constraints, parse_objectives
 from modelscale.search.run import SearchResult, search
 from modelscale.search.space import SearchSpace, default_space, parse_space
 
 __all__ = [
     "METRICS",
+    "EarlyStop",
     "SearchResult",
     "SearchSpace",
     "default_space",
