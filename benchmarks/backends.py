@@ -142,6 +142,7 @@ def main() -> int:
     from modelscale.export.ort_latency import ort_candidate
     from modelscale.measure.backends import measure_backends
     from modelscale.measure.compiled import compiled_candidate
+    from modelscale.measure.paired_stats import usable_cores
 
     makers = {"compiled": compiled_candidate(), "ort": ort_candidate()}
     notes_before = machine_notes(
@@ -178,7 +179,7 @@ def main() -> int:
         "what": "eager vs torch.compile (inductor, default mode) vs ONNX Runtime (CPU EP) latency, paired and "
         "interleaved in one process by measure.backends; ratio = eager ms / backend ms (> 1: backend faster), "
         "median of per-round ratios with bootstrap 95% CI; compile time = first-call wall time, cold Inductor "
-        "cache unless warm_cache",
+        "cache unless warm_cache; in each ratio's reasons, base = eager and other = the backend",
         "machine_before": notes_before,
         "machine_after": machine_notes(threads=args.threads),
         "settings": {
@@ -192,6 +193,13 @@ def main() -> int:
         },
         "results": results,
     }
+    loads = [v for n in (notes_before, payload["machine_after"]) for v in (n.get("load_average") or [])[:1]]
+    cores = usable_cores()  # the count paired_stats flags against
+    if loads and max(loads) > cores:
+        payload["load_note"] = (
+            f"LOADED machine: 1-minute load {min(loads):.1f}-{max(loads):.1f} on {cores} usable cores while "
+            "timing (other jobs running); every ratio is flagged unstable and none is a speedup claim"
+        )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(
