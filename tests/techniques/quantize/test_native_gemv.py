@@ -35,7 +35,9 @@ def test_kernel_matches_float64_within_16_bit_activation_rounding(m, n, k, group
     s = torch.rand(n, k // group, generator=g) + 0.1
     x = torch.randn(m, k, generator=g)
     x[0, :7] *= 50.0  # an outlier chunk: its scale is its own, the rest keep their precision
-    got = native_gemv.int8_gemv(x, w, s, group)
+    packed = native_gemv.pack_int8_rows(w)
+    assert packed.shape == (n + (-n % 4), k) and torch.equal(native_gemv.unpack_int8_rows(packed, n), w)
+    got = native_gemv.int8_gemv(x, packed, s, group)
     assert got.shape == (m, n) and got.dtype == torch.float32
     err = _rel(got, _reference(x, w, s, group))
     bf16 = _rel(_reference(x.bfloat16().float(), w, s, group).float(), _reference(x, w, s, group))
@@ -96,7 +98,8 @@ def test_int4_kernel_matches_float64_and_its_layout_round_trips(m, n, k, group, 
     g = torch.Generator().manual_seed(k + n)
     nibbles = torch.randint(0, 16, (n, k), dtype=torch.uint8, generator=g)
     packed = native_gemv.pack_int4_rows(nibbles)
-    assert packed.shape == (n, k // 2) and torch.equal(native_gemv.unpack_int4_rows(packed), nibbles)
+    assert packed.shape == (n + (-n % 4), k // 2)
+    assert torch.equal(native_gemv.unpack_int4_rows(packed, n), nibbles)
     s = torch.rand(n, k // group, generator=g) + 0.1
     x = torch.randn(m, k, generator=g)
     got = native_gemv.int4_gemv(x, packed, s, group, offset)

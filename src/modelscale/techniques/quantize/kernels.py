@@ -124,7 +124,12 @@ class Layout:
     def codes(self) -> torch.Tensor:
         """The codes as stored in the layer's canonical form: int8/uint8 (out × in) or int4 nibbles (uint8)."""
         t = self.tensors
-        if self.kind in ("int8", "int8_native"):
+        if self.kind == "int8_native":
+            from modelscale.techniques.quantize.native_gemv import unpack_int8_rows
+
+            w = unpack_int8_rows(t["weight"], t["rows"])
+            return (w.to(torch.int16) + 128).to(torch.uint8) if t["asymmetric"] else w
+        if self.kind == "int8":
             w = t["weight"]
             w = w.transpose(0, 1).reshape(w.shape[1], -1) if w.dim() == 3 else w
             return (w.to(torch.int16) + 128).to(torch.uint8) if t["asymmetric"] else w
@@ -133,7 +138,7 @@ class Layout:
         if self.kind == "int4_native":
             from modelscale.techniques.quantize.native_gemv import unpack_int4_rows
 
-            return unpack_int4_rows(t["packed"])
+            return unpack_int4_rows(t["packed"], t["rows"])
         if self.kind == "int8_int4x2" and self.invertible:
             nib = unpack_cpu_int4_layout(t["packed"]).to(torch.int16)
             k = nib.shape[1] // 2
@@ -282,13 +287,12 @@ def build_layout(layer: Any, kind: str, device: torch.device) -> Layout:
             t["zero_term"] = (scale * (zero - 128.0)).t().contiguous()  # groups × out, float32
         return Layout("int8", t, group=g, invertible=True)
     if kind == "int8_native":
+        from modelscale.techniques.quantize.native_gemv import pack_int8_rows
+
         asymmetric = not layer.symmetric
-        if not asymmetric and layer.qweight is not None and layer.qweight.device == device:
-            w = layer.qweight.view(n, k)  # the stored int8 codes themselves: no second copy
-        else:
-            w = (codes - 128 if asymmetric else codes).to(device, torch.int8).view(n, k).contiguous()
+        w = pack_int8_rows((codes - 128 if asymmetric else codes).to(device, torch.int8).view(n, k))
         t = {"weight": w, "scales_f32": scale.view(n, groups).contiguous(), "asymmetric": asymmetric,
-             "groups": groups}  # fmt: skip
+             "groups": groups, "rows": n}  # fmt: skip
         if asymmetric:
             t["zero_term"] = (scale * (zero - 128.0)).t().contiguous()  # groups × out, float32
         return Layout(kind, t, group=g, invertible=True)
@@ -297,7 +301,7 @@ def build_layout(layer: Any, kind: str, device: torch.device) -> Layout:
 
         nibbles = (codes + 8 if layer.symmetric else codes).to(device, torch.uint8)
         t = {"packed": pack_int4_rows(nibbles), "scales_f32": scale.view(n, groups).contiguous(),
-             "offset": 8 if layer.symmetric else 0, "groups": groups}  # fmt: skip
+             "offset": 8 if layer.symmetric else 0, "groups": groups, "rows": n}  # fmt: skip
         if not layer.symmetric:
             t["zero_term"] = (scale * zero).t().contiguous()  # groups × out, float32
         return Layout(kind, t, group=g, invertible=True)
