@@ -17,7 +17,8 @@ parameter shapes equal Torch-Pruning's, and — per memory format (contiguous NC
 `--formats`), thread count and batch — the latency of dense vs pruned timed paired and interleaved
 (`measure_latency_pair`: median of per-pair ratios, bootstrap 95% interval, unstable flag with its
 reasons). Efficiency = speedup × MACs ratio (1.0: time falls exactly as fast as MACs). Ours is also
-timed directly against Torch-Pruning's model (ratio > 1: ours faster). The acceptance rows compare
+timed directly against Torch-Pruning's model (ratio > 1: ours faster; where the two are bitwise the
+same model, as at ratio 0.5, that pair is an A/A test of the machine's timing noise). The acceptance rows compare
 models in the same layout: NCHW dense vs NCHW pruned, and NHWC-weight dense vs NHWC-weight pruned (for
 `channels_last`; Torch-Pruning's model converted the same way). "ours channels_last vs dense" (the
 user's view: their NCHW model against our output) and "dense channels_last (layout only)" show how much
@@ -120,6 +121,7 @@ def build_variants(ratio: float, quick: bool) -> tuple[nn.Module, dict[str, dict
         "apply_s": time.perf_counter() - t0,
     }
     tp_shapes = shapes(variants[TP_LABEL]["model"])
+    tp_state = variants[TP_LABEL]["model"].state_dict()
     for label, v in variants.items():
         model = v["model"]
         widths = conv_widths(model)
@@ -129,13 +131,17 @@ def build_variants(ratio: float, quick: bool) -> tuple[nn.Module, dict[str, dict
             params_ratio=count_params(model).total / p0,
             macs_ratio=count_macs(model, example).macs / m0,
             same_shapes_as_torch_pruning=shapes(model) == tp_shapes,
+            # bitwise the same model: then "ours vs torch-pruning" is an A/A test of the timing noise
+            same_weights_as_torch_pruning=shapes(model) == tp_shapes
+            and all(torch.equal(t, tp_state[k]) for k, t in model.state_dict().items()),
             conv_widths_not_multiple_of_8=sum(w % 8 != 0 for w in widths),
             conv_widths_not_multiple_of_16=sum(w % 16 != 0 for w in widths),
             distinct_conv_widths=sorted(set(widths)),
         )
         log(
             f"{label}: params {v['params_ratio']:.4f}, MACs {v['macs_ratio']:.4f} "
-            f"(1/{1 / v['macs_ratio']:.3f}), same shapes as Torch-Pruning: {v['same_shapes_as_torch_pruning']}, "
+            f"(1/{1 / v['macs_ratio']:.3f}), same shapes as Torch-Pruning: {v['same_shapes_as_torch_pruning']} "
+            f"(same weights: {v['same_weights_as_torch_pruning']}), "
             f"apply {v['apply_s']:.1f} s"
         )
     return dense, variants
