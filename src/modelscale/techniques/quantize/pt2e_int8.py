@@ -126,6 +126,17 @@ def _widen(value: Any) -> Any:
     return value
 
 
+def _float_copies(value: Any) -> Any:
+    """Copies of the floating-point tensors in `value` (the caller's tensors must not change)."""
+    if isinstance(value, torch.Tensor):
+        return value.clone() if value.is_floating_point() else value
+    if isinstance(value, tuple | list):
+        return type(value)(_float_copies(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _float_copies(v) for k, v in value.items()}
+    return value
+
+
 def _export(module: nn.Module, args: tuple, kwargs: dict) -> torch.fx.GraphModule:
     args, kwargs = _widen(args), _widen(kwargs)
     try:
@@ -234,6 +245,8 @@ class Pt2eInt8Region(nn.Module):
                 raise ModelscaleError(f"pt2e_int8 runs on CPU; this region is on {device}")
             graph, _ = quantize_region(self.module, [(args, kwargs)], self.activations, self.qparams)
             self.set_graph(graph)
+        if self.compile:  # Inductor's fused "linear + add" writes its sum into a float graph input
+            args, kwargs = _float_copies(args), _float_copies(kwargs)
         with torch.no_grad(), _inductor_freezing(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return self._runner(*args, **kwargs)
