@@ -113,12 +113,21 @@ def minilm() -> tuple[Any, list[Any], list[Any]]:
     return model, batches("train", 128), batches("test", 256)
 
 
-def methods(quick: bool) -> list[tuple[str, dict[str, Any]]]:
+def rtn(bits: int, group: int) -> dict[str, Any]:
+    """Round to nearest, asymmetric: `weight_only` at 4/8 bits; at 2/3 bits (weight_only stores only 4 and
+    8) `awq` with one grid point (α = 0, so s = 1) and no clipping: plain RTN into the same 3-bit storage."""
+    if bits in (4, 8):
+        return {"type": "weight_only", "bits": bits, "group_size": group, "symmetric": False}
+    return {"type": "awq", "bits": bits, "group_size": group, "grid": 1, "clip": False}
+
+
+def methods(quick: bool, groups: tuple[int, ...] = (128, 32)) -> list[tuple[str, dict[str, Any]]]:
     out: list[tuple[str, dict[str, Any]]] = []
-    for bits, group in [(4, 128)] if quick else [(4, 128), (4, 32), (3, 128), (3, 32)]:
+    settings = [(4, 128)] if quick else [(b, g) for b in (4, 3) for g in groups]
+    for bits, group in settings:
         tag = f"{bits}-bit g{group}"
         out += [
-            (f"RTN {tag}", {"type": "weight_only", "bits": bits, "group_size": group, "symmetric": False}),
+            (f"RTN {tag}", rtn(bits, group)),
             (f"GPTQ {tag}", {"type": "gptq", "bits": bits, "group_size": group, "act_order": False}),
             (f"GPTQ act-order {tag}", {"type": "gptq", "bits": bits, "group_size": group, "act_order": True}),
             (f"AWQ {tag}", {"type": "awq", "bits": bits, "group_size": group}),
@@ -195,12 +204,12 @@ def activation_spread(model: Any, calibration: list[Any], head: str | None) -> d
 
 def peer_methods(quick: bool) -> list[tuple[str, dict[str, Any]]]:
     out = []
-    for bits, group in [(4, 128)] if quick else [(4, 128), (3, 128)]:
+    for bits, group in [(4, 128)] if quick else [(3, 128), (4, 128)]:
         tag = f"{bits}-bit g{group}"
         for algo, label in [("rtn", "RTN"), ("gptq", "GPTQ act-order")]:
             job = {"algo": algo, "bits": bits, "group_size": group, "act_order": algo == "gptq"}
             out.append((f"INC {label} {tag}", job))
-    for bits, group in [(4, 128)] if quick else [(4, 128), (3, 128)]:  # AWQ last: INC's is the slowest
+    for bits, group in [(4, 128)] if quick else [(3, 128), (4, 128)]:  # AWQ last: INC's is the slowest
         job = {"algo": "awq", "bits": bits, "group_size": group, "act_order": False}
         out.append((f"INC AWQ {bits}-bit g{group}", job))
     return out
@@ -247,7 +256,9 @@ def peer_rows(args: Any, model: Any, calibration: list[Any], tmp: Path, score) -
         return {"skipped": "no --peer-python given"}
     name = getattr(model, "modelscale_spec", {}).get("name", "model")
     try:
-        jobs, info = run_peer(args.peer_python, model, calibration, args.quick, tmp / f"peer-{name}", 2400)
+        jobs, info = run_peer(
+            args.peer_python, model, calibration, args.quick, tmp / f"peer-{name}", args.peer_timeout
+        )
     except Exception as exc:  # noqa: BLE001 - a peer failure is a result, not a crash of our benchmark
         return {"error": f"{type(exc).__name__}: {exc}"[:300]}
     rows = []
@@ -289,7 +300,7 @@ def bench_gpt(args: Any, tmp: Path) -> dict[str, Any]:
 
     save_compressed(dense, model, [], model_spec=model.modelscale_spec)
     rows = []
-    for label, config in methods(quick):
+    for label, config in methods(quick, args.groups):
         compressed, info = run_one(model, target_for(config, "lm_head"), calib, tmp / f"gpt-{len(rows)}")
         q = gpt_quality(compressed, data, max_batches)
         rows.append({"method": label, **q, "loss": q["bits_per_byte"] - base["bits_per_byte"], **info})
@@ -322,7 +333,7 @@ def bench_minilm(args: Any, tmp: Path) -> dict[str, Any]:
     dense = tmp / "minilm-dense"
     save_compressed(dense, model, [], model_spec=model.modelscale_spec)
     rows = []
-    for label, config in methods(quick):
+    for label, config in methods(quick, args.groups):
         compressed, info = run_one(model, config, calib, tmp / f"minilm-{len(rows)}")
         agree = compare_embeddings(reference, embed(compressed, held_out))
         loss = 1.0 - agree.mean_cosine
@@ -386,6 +397,10 @@ def main() -> None:
     parser.add_argument("--models", default="gpt,minilm")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
     parser.add_argument("--peer-python", default="", help="python of a venv with neural-compressor-pt")
+    parser.add_argument("--peer-timeout", type=float, default=2400, help="seconds for the peer, per model")
+    parser.add_argument(
+        "--groups", type=lambda v: tuple(int(g) for g in v.split(",")), default=(128, 32), help="e.g. 128,32"
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     load_before = os.getloadavg()
