@@ -39,6 +39,15 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _spent(trials) -> list[optuna.trial.FrozenTrial]:
+    """Trials that spent the budget: completed, or stopped early by the paired test (pruned)."""
+    return [
+        t for t in trials
+        if t.state == optuna.trial.TrialState.COMPLETE
+        or (t.state == optuna.trial.TrialState.PRUNED and "early_stop" in t.user_attrs)
+    ]  # fmt: skip
+
+
 def _has_study(url: str, name: str) -> bool:
     return name in [s.study_name for s in optuna.get_all_study_summaries(url)]
 
@@ -57,11 +66,11 @@ def test_two_workers_share_one_postgres_study(trained, tmp_path, postgres_url):
     out_second, _ = second.communicate(timeout=400)
     assert first.returncode == 0, out_first[-2000:]
     assert second.returncode == 0, out_second[-2000:]
-    complete = _trials(postgres_url, "shared", (optuna.trial.TrialState.COMPLETE,))
+    complete = _spent(_trials(postgres_url, "shared"))
     numbers = [t.number for t in complete]
     assert len(numbers) == len(set(numbers))  # nothing duplicated
     assert 10 <= len(complete) <= 11  # nothing lost; at most one trial over when both finish together
-    assert all("metrics" in t.user_attrs for t in complete)
+    assert all("metrics" in t.user_attrs or "early_stop" in t.user_attrs for t in complete)
     workers = {t.user_attrs["worker"] for t in complete}
     assert len(workers) == 2, workers  # both processes ran trials of the one study
 
@@ -85,7 +94,7 @@ def test_a_killed_worker_loses_at_most_its_trial_and_resume_completes(trained, t
     resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=400)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     trials = _trials(url, "search")
-    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    complete = _spent(trials)
     failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
     assert len(complete) == 6 and done_before < 6
     assert len(failed) <= 1  # only the trial that was running when the worker died
