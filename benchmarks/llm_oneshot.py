@@ -60,6 +60,8 @@ PEERS_TRIED = {
     "neural-compressor-pt 3.10 (Intel Neural Compressor)": "runs on CPU: RTN, GPTQ and AWQ on both models; "
     "its GPTQ needs `accelerate` and a local model_path (with model_path='' it asks the hub for repo id '', "
     "HFValidationError, even when not layer-wise): the job folder is passed",
+    "llmcompressor 0.14.0.1, gptqmodel 7.7.0, auto-gptq 0.7.1": "not tried: INC ran first, and the session's "
+    "time went to the run itself",
 }
 GPT_DIR = Path("runs") / "bench-oneshot-gpt"
 
