@@ -418,6 +418,11 @@ def main() -> None:
         "command": " ".join(command),
     }
 
+    if args.json.is_file():  # a run of one model keeps the other model's rows from the file's last run
+        old = json.loads(args.json.read_text()).get("models", {})
+        kept = {k: {**v, "from_an_earlier_run": True} for k, v in old.items() if k not in args.models}
+        result["models"].update(kept)
+
     def write(final: bool) -> None:  # after every model, so a cut run keeps what it measured
         load_after = os.getloadavg()
         result["machine"] = {
