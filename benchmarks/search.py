@@ -28,10 +28,12 @@ Usage, from the repository root::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import math
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -126,10 +128,29 @@ def analyse(out: Path, target: float) -> dict:
     }
 
 
+def _finished(out: Path, trials: int) -> bool:
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name="search", storage=f"sqlite:///{out / 'search.db'}")
+    except Exception:  # noqa: BLE001 - no study yet
+        return False
+    spent = [t for t in study.get_trials(deepcopy=False)
+             if t.state.name == "COMPLETE" or (t.state.name == "PRUNED" and "early_stop" in t.user_attrs)]  # fmt: skip
+    return len(spent) >= trials and (out / "pareto.json").is_file()
+
+
 def run(method: str, seed: int, trials: int, target: float, model: Path, root: Path) -> dict:
     from modelscale.search import search
 
     out = root / f"{method}-{seed}"
+    if out.exists():  # --work: a run finished by an earlier (killed) invocation is read, not rerun
+        done = _finished(out, trials if method != "grid" else len(grid_space()[1]))
+        if done:
+            result = analyse(out, target)
+            result.update({"method": method, "seed": seed, "seconds": None, "reused": True})
+            return result
+        shutil.rmtree(out)  # an unfinished run starts again from scratch
     kwargs: dict = {"objectives": ["accuracy", "bytes"], "constraints": CONSTRAINTS, "out": out, "confirm_seeds": 0,
                     "seed": seed, "progress": False}  # fmt: skip
     t0 = time.perf_counter()
@@ -184,18 +205,21 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=50)
     parser.add_argument("--target", type=float, default=24_000.0, help="bytes on disk to reach")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
+    parser.add_argument("--work", type=Path, default=None,
+                        help="keep every run in this folder; runs an earlier (killed) call finished are reused")  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(1)
     load_before = os.getloadavg()
     model = baseline()
     rows = []
-    with tempfile.TemporaryDirectory(prefix="modelscale-search-bench-") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = args.work or stack.enter_context(tempfile.TemporaryDirectory(prefix="modelscale-search-bench-"))
         for seed in range(args.seeds):  # interleave the methods seed by seed: load hits them alike
             for method in ("search", "random"):
                 rows.append(run(method, seed, args.trials, args.target, model, Path(tmp)))
                 r = rows[-1]
                 print(f"{method:7s} seed {seed}: trials-to-target {r['trials_to_target']}, HV {r['hypervolume']:.5f}, "
-                      f"smallest {r['smallest_feasible_bytes']} B, {r['seconds']:.0f} s", flush=True)  # fmt: skip
+                      f"smallest {r['smallest_feasible_bytes']} B, {r['seconds'] or 0:.0f} s{' (reused)' if r.get('reused') else ''}", flush=True)  # fmt: skip
         rows.append(run("grid", 0, 12, args.target, model, Path(tmp)))
         r = rows[-1]
         print(f"grid   : trials-to-target {r['trials_to_target']}, HV {r['hypervolume']:.5f}, "
