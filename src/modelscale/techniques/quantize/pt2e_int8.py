@@ -19,7 +19,10 @@ quantize_dynamic, ONNX Runtime and torchao, and a compiled float32 model for ref
 Storage: the regions keep their float weights (the state dict is the float model's, under
 `<region>.module.`); the int8 graph is built from them at apply time and again on first use after a
 reload (the calibrated activation scales are in the record), so this is a speed technique, not a size
-one. The first call of each new input shape compiles (seconds); later calls are fast. CPU only.
+one. The first call of each new input shape compiles (seconds); later calls are fast. CPU only. A region
+is traced with the arguments it got during calibration: call it with the same structure (the same
+keywords, None where it was None). Compiled regions get copies of their floating-point inputs: with
+torch 2.14 Inductor's fused "int8 linear + add" wrote its sum into a graph input (the caller's tensor).
 
 Example::
 
