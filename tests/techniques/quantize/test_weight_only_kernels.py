@@ -253,3 +253,28 @@ def test_cuda_paths_match_the_reference_and_a_moved_layer_rechooses(bits, group,
     ).cuda()
     assert moved._device == cuda and all(c["path"] in KNOWN_PATHS | {"int4_cuda_bf16"} for c in moved.choices)
     assert rel(moved(x), want + lin.bias.cuda()) <= 1e-2
+
+
+@pytest.mark.parametrize("in_features", [8, 24])
+def test_group_lengths_that_crash_atens_bf16_int8_kernel_are_never_offered(in_features):
+    # ATen's int8 CPU kernel segfaults with bf16 activations when K % 16 == 8 and there are >= 2 rows;
+    # such a layer must apply and run (in a child process, so a crash is a failed test, not a dead suite)
+    import subprocess
+    import sys
+
+    layer = WeightOnlyLayer(nn.Linear(in_features, 10), bits=8, group_size=32, symmetric=True)
+    paths, skipped = kernels.candidate_paths(layer, CPU)
+    assert "int8_mm_bf16" not in [p.name for p in paths] and "K % 16" in skipped["int8_mm_bf16"]
+    code = (
+        "import torch; from torch import nn\n"
+        "from modelscale.core.apply import apply\n"
+        "from modelscale.techniques.quantize.weight_only import WeightOnlyConfig\n"
+        f"m = apply(nn.Sequential(nn.Linear({in_features}, 10)), WeightOnlyConfig(bits=8, group_size=32),\n"
+        f"          example_inputs=torch.randn(2, {in_features})).model\n"
+        f"print(m(torch.randn(4, {in_features})).shape)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-500:]
+    assert "torch.Size([4, 10])" in done.stdout

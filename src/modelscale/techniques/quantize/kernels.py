@@ -194,11 +194,12 @@ def candidate_paths(layer: Any, device: torch.device) -> tuple[list[Path], dict[
         if not _has_op("_weight_int8pack_mm"):
             skipped["int8_mm"] = "this torch has no aten._weight_int8pack_mm"
         else:
-            # ATen's CPU kernel reads reduced-precision activations in blocks of 8 along K: a group
-            # length that is not a multiple of 8 crashes the process (segfault), so never offer it.
-            unsafe = [dt for dt in dtypes if dt != torch.float32 and device.type == "cpu" and g % 8]
+            # ATen's CPU kernel reads reduced-precision activations in blocks along K: with bf16, a group
+            # length that is not a multiple of 16 crashes the process (segfault) once there are two or
+            # more rows (K = 8, 24, 40 measured here), so never offer it.
+            unsafe = [dt for dt in dtypes if dt != torch.float32 and device.type == "cpu" and g % 16]
             for dt in unsafe:
-                skipped[f"int8_mm_{DTYPE_NAMES[dt]}"] = f"ATen's int8 kernel needs K % 8 == 0 here, K = {g}"
+                skipped[f"int8_mm_{DTYPE_NAMES[dt]}"] = f"ATen's int8 kernel needs K % 16 == 0 here, K = {g}"
             paths += [Path(f"int8_mm_{DTYPE_NAMES[dt]}", "int8", dt) for dt in dtypes if dt not in unsafe]
         native = _native_problem(k, g, device)
         if native:
