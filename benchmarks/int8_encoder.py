@@ -11,6 +11,7 @@ Variants, every Linear of the encoder quantized by each:
 - `ours dynamic (tensor)` — dynamic_int8, default: per-tensor activations, fused oneDNN kernel;
 - `ours dynamic (row)` — dynamic_int8(activations="row"): per-row activations, torch._int_mm;
 - `ours dynamic (row, smooth)` — the same with smooth=0.5 (SmoothQuant, calibrated on the static batches);
+- `ours dynamic (row, smooth) + torch.compile` — those layers with the model through torch.compile;
 - `ours static` — static_int8 (minmax, calibrated on 4 random-token batches of 8): fused oneDNN kernel;
 - `torch.ao quantize_dynamic` — where the installed torch still has it (fbgemm/x86 engine);
 - `ORT dynamic int8` — export_onnx + ONNX Runtime's quantize_dynamic (QInt8 weights), ORT session;
@@ -93,6 +94,14 @@ def build_variants(model: nn.Module, example: torch.Tensor, work: Path) -> tuple
     about["ours dynamic (row, smooth)"] = (
         "dynamic_int8 activations=row smooth=0.5 (SmoothQuant, calibrated on the static batches): the "
         "accurate path on the real MiniLM (0.999 cosine), torch._int_mm"
+    )
+    with torch.no_grad():
+        variants["ours dynamic (row, smooth) + torch.compile"] = torch.compile(
+            copy.deepcopy(variants["ours dynamic (row, smooth)"])
+        )
+    about["ours dynamic (row, smooth) + torch.compile"] = (
+        "the same layers, the whole model through torch.compile (Inductor fuses the per-row quantization "
+        "and the rescale around torch._int_mm)"
     )
     static = apply(copy.deepcopy(model), StaticInt8Config(target=linears), calibration=calibration)
     variants["ours static"] = static.model
