@@ -101,3 +101,14 @@ def test_dict_batches_and_bad_input():
         DynamicInt8Config(smooth=1.5)
     with pytest.raises(ModelscaleError, match="calibration batches must be"):
         input_channel_absmax(Net(), [("fc", Net().fc)], ["text"])
+
+
+def test_smoothed_per_row_layers_compile_without_graph_breaks_and_match_eager():
+    """torch.compile fuses the per-row quantization and rescale (benchmarks/int8_encoder.py times it)."""
+    model = Net().eval()
+    result = apply(model, DynamicInt8Config(activations="row", smooth=0.5), calibration=outlier_inputs())
+    x = outlier_inputs(1, seed=4)[0]
+    with torch.no_grad():
+        eager = result.model(x)
+        compiled = torch.compile(result.model, fullgraph=True)(x)  # fullgraph: a graph break raises
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
