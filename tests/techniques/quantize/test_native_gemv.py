@@ -125,3 +125,18 @@ def test_both_kernel_paths_compute_the_weight_only_layer(bits, group, symmetric)
         from modelscale.techniques.quantize.weight_only import unpack_int4
 
         assert torch.equal(layout.codes(), unpack_int4(layer.stored_qweight())[:, :128])
+
+
+@needs_kernel
+@pytest.mark.parametrize("bits", [8, 4])
+def test_codes_given_back_own_their_storage_when_rows_are_padded(bits):
+    # 10 output rows: the kernel pads its layout to 12; codes that kept the padded storage made
+    # safetensors refuse to save the model (seen on mobilenet_v2's 10-class head)
+    torch.manual_seed(5)
+    layer = WeightOnlyLayer(nn.Linear(64, 10), bits=bits, group_size=32, symmetric=True)
+    path = next(
+        p for p in kernels.candidate_paths(layer, torch.device("cpu"))[0] if p.name == f"int{bits}_avx512"
+    )
+    codes = kernels.build_layout(layer, path.layout, torch.device("cpu")).codes()
+    assert codes.shape[0] == 10
+    assert codes.untyped_storage().nbytes() == codes.numel() * codes.element_size()

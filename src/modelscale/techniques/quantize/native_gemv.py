@@ -322,7 +322,8 @@ def _interleave(rows: torch.Tensor, unit: int) -> torch.Tensor:
 
 def _deinterleave(packed: torch.Tensor, unit: int, n: int) -> torch.Tensor:
     rows, b = packed.shape
-    return packed.view(rows // 4, b // unit, 4, unit).transpose(1, 2).reshape(rows, b)[:n].contiguous()
+    out = packed.view(rows // 4, b // unit, 4, unit).transpose(1, 2).reshape(rows, b)
+    return out[:n].clone() if n < rows else out  # a slice would keep the padded storage (and fail to save)
 
 
 def pack_int8_rows(codes: torch.Tensor) -> torch.Tensor:
