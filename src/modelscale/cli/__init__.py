@@ -23,11 +23,12 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-
 def _timing(p: argparse.ArgumentParser, *, repeats: bool = True) -> None:
     """Latency options shared by the commands that time models."""
     if repeats:
-        p.add_argument("--repeats", type=int, default=30, help="timed repeats for latency (the minimum, paired)")
+        p.add_argument(
+            "--repeats", type=int, default=30, help="timed repeats for latency (the minimum, paired)"
+        )
     p.add_argument(
         "--threads",
         type=int,

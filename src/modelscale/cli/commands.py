@@ -126,7 +126,9 @@ def cmd_train(args: argparse.Namespace):
         return None
     metrics = evaluate(session.model, session.data.test, task=session.task)
     out = save_model_dir(
-        args.out, session.bundle, meta={**_data_meta(args, session), "train": config.to_dict(), "test": metrics}
+        args.out,
+        session.bundle,
+        meta={**_data_meta(args, session), "train": config.to_dict(), "test": metrics},
     )
     finish_rank()
     name = session.bundle.spec.get("name")

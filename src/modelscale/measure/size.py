@@ -147,7 +147,9 @@ def measure_file(folder: str | Path, report: SizeReport | None = None) -> SizeRe
     path = Path(folder)
     weights = path / "model.safetensors" if path.is_dir() else path
     payload = weights.read_bytes()
-    base = report or SizeReport(serialized_bytes=0, safetensors_bytes=None, zipped_bytes=0, zip_ratio=0.0, tensors=0)
+    base = report or SizeReport(
+        serialized_bytes=0, safetensors_bytes=None, zipped_bytes=0, zip_ratio=0.0, tensors=0
+    )
     zipped = zip_bytes(payload)
     return SizeReport(
         serialized_bytes=base.serialized_bytes,

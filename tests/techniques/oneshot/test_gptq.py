@@ -27,7 +27,9 @@ def _correlated(n, cols, seed=0):
 def test_eight_bit_per_channel_reproduces_rtn_or_better():
     model = _one_layer()
     x = _correlated(512, 96)
-    gptq = apply(model, GPTQConfig(bits=8, group_size=0, symmetric=True, damp=1e-6, act_order=False), calibration=[x])
+    gptq = apply(
+        model, GPTQConfig(bits=8, group_size=0, symmetric=True, damp=1e-6, act_order=False), calibration=[x]
+    )
     rtn = apply(model, WeightOnlyConfig(bits=8, group_size=0, symmetric=True))
     assert gptq.record.summary["damping_retries"] == 0
     assert output_error(model, gptq.model, x) <= output_error(model, rtn.model, x)
@@ -80,7 +82,9 @@ def test_two_to_eight_bits_shrink_the_file_and_reload_exactly(tmp_path, stdlib_b
         torch.testing.assert_close(reloaded(x), result.model(x), rtol=0, atol=0)
     assert sizes[2] < sizes[3] < sizes[4] < sizes[8] < dense
     # the quantized layers themselves: 2 bits + one fp32 scale and one uint8 zero per 32 weights
-    linear = sum(m.weight.numel() for n, m in model.named_modules() if isinstance(m, nn.Linear) and "lm_head" not in n)
+    linear = sum(
+        m.weight.numel() for n, m in model.named_modules() if isinstance(m, nn.Linear) and "lm_head" not in n
+    )
     assert dense - sizes[2] > 0.9 * linear * 4 * (1 - (2 / 8 + 5 / 32) / 4)
 
 
@@ -98,7 +102,9 @@ def test_hf_gpt2_conv1d_layers_are_quantized_and_reload(tmp_path, stdlib_bytes):
     assert "hf.transformer.h.0.attn.c_attn" in names and all(r["conv1d"] for r in result.record.layers)
     assert result.record.summary["mode"] == "sequential"
     save_compressed(tmp_path / "q", result.model, [result.record])
-    torch.testing.assert_close(load_compressed(tmp_path / "q", build()).eval()(calib[:2]), result.model(calib[:2]))
+    torch.testing.assert_close(
+        load_compressed(tmp_path / "q", build()).eval()(calib[:2]), result.model(calib[:2])
+    )
 
 
 def test_wanda_then_gptq_keeps_the_zeros(stdlib_bytes):

@@ -39,7 +39,9 @@ class GradualPruneConfig(TechniqueConfig):
 
     initial_sparsity: float = param(0.0, "sparsity s₀ applied at once, in [0, 1)")
     amount: float = param(
-        0.8, "final sparsity s_f, reached at end_step (and set by finalize), in [0, 1)", aliases=("final_sparsity",)
+        0.8,
+        "final sparsity s_f, reached at end_step (and set by finalize), in [0, 1)",
+        aliases=("final_sparsity",),
     )
     start_step: int = param(0, "optimizer step t₀ at which the ramp starts")
     end_step: int = param(100, "optimizer step at which the final sparsity is reached")
