@@ -250,6 +250,24 @@ class Pt2eInt8Region(nn.Module):
             self.set_graph(graph)
         if self.compile:  # Inductor's fused "linear + add" writes its sum into a float graph input
             args, kwargs = _float_copies(args), _float_copies(kwargs)
+        try:
+            return self._run(args, kwargs)
+        except ModelscaleError:
+            raise
+        except Exception:  # noqa: BLE001 - an exported graph's guard (shape, stride) this call breaks
+            # re-export for this call with the recorded scales, once; a second failure is one line
+            graph, _ = quantize_region(self.module, [(args, kwargs)], self.activations, self.qparams)
+            self.set_graph(graph)
+            try:
+                return self._run(args, kwargs)
+            except Exception as exc:  # noqa: BLE001
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+                raise ModelscaleError(
+                    f"pt2e_int8: the int8 graph of {type(self.module).__name__} cannot run these inputs "
+                    f"({first}); use static_int8 or dynamic_int8 for this model"
+                ) from None
+
+    def _run(self, args: tuple, kwargs: dict) -> Any:
         with torch.no_grad(), _inductor_freezing(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return self._runner(*args, **kwargs)
