@@ -285,28 +285,38 @@ def shape_problem(k: int, group: int) -> str | None:
 def int8_gemv(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, group: int) -> torch.Tensor:
     """x (M × K, float32, CPU) · dequant(w)ᵀ with `packed` = `pack_int8_rows(w)` (w int8 N × K) and
     scales float32 (N × K/group)."""
+    return _gemv("int8", x, packed, scales, group)
+
+
+def _gemv(
+    kind: str, x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, group: int, *extra: int
+) -> torch.Tensor:
+    """Check the operands of the `kind` ("int8" / "int4") kernel, give it its buffers, and call it."""
     lib, why = _library()
     if lib is None:
-        raise RuntimeError(f"the int8 GEMV kernel is unavailable: {why}")
+        raise RuntimeError(f"the {kind} GEMV kernel is unavailable: {why}")
     m, k = x.shape
-    n, w = scales.shape[0], packed
-    if x.dtype != torch.float32 or w.dtype != torch.int8 or scales.dtype != torch.float32:
-        raise TypeError("int8_gemv takes float32 x, int8 packed weights and float32 scales")
-    if x.device.type != "cpu" or w.shape != (n + (-n % 4), k) or scales.shape != (n, k // group):
+    n = scales.shape[0]
+    code_dtype, columns = (torch.int8, k) if kind == "int8" else (torch.uint8, k // 2)
+    if x.dtype != torch.float32 or packed.dtype != code_dtype or scales.dtype != torch.float32:
+        raise TypeError(f"{kind}_gemv takes float32 x, {code_dtype} packed codes and float32 scales")
+    if x.device.type != "cpu" or packed.shape != (n + (-n % 4), columns) or scales.shape != (n, k // group):
         raise ValueError(
-            f"int8_gemv: shapes x {tuple(x.shape)}, w {tuple(w.shape)}, scales {tuple(scales.shape)}"
+            f"{kind}_gemv: shapes x {tuple(x.shape)}, packed {tuple(packed.shape)}, scales {tuple(scales.shape)}"
         )
     c = chunk_size(k, group)
     if c is None:
         raise ValueError(shape_problem(k, group))
-    x, w, scales = x.contiguous(), w.contiguous(), scales.contiguous()
+    x, packed, scales = x.contiguous(), packed.contiguous(), scales.contiguous()
     y = torch.empty(m, n, dtype=torch.float32)
     xq = torch.empty(m, k, dtype=torch.int16)
-    xs = torch.empty(m, k // c, dtype=torch.float32)
-    code = lib.ms_int8_gemv(x.data_ptr(), w.data_ptr(), scales.data_ptr(), y.data_ptr(), xq.data_ptr(),
-                            xs.data_ptr(), m, n, k, group, c, torch.get_num_threads())  # fmt: skip
+    # activation scales per chunk (int4 also their chunk sums, for the offset term)
+    xs = torch.empty(1 if kind == "int8" else 2, m, k // c, dtype=torch.float32)
+    fn = lib.ms_int8_gemv if kind == "int8" else lib.ms_int4_gemv
+    code = fn(x.data_ptr(), packed.data_ptr(), scales.data_ptr(), y.data_ptr(), xq.data_ptr(), xs.data_ptr(),
+              m, n, k, group, c, *extra, torch.get_num_threads())  # fmt: skip
     if code:
-        raise ValueError(shape_problem(k, group) or "int8_gemv refused the shapes")
+        raise ValueError(shape_problem(k, group) or f"{kind}_gemv refused the shapes")
     return y
 
 
@@ -357,26 +367,4 @@ def int4_gemv(
 ) -> torch.Tensor:
     """x (M × K, float32) · ((nibbles - offset) · s)ᵀ with `packed` from `pack_int4_rows` (N × K/2 uint8)
     and scales float32 (N × K/group); `offset` is 8 for symmetric codes, 0 for zero-point codes."""
-    lib, why = _library()
-    if lib is None:
-        raise RuntimeError(f"the int4 GEMV kernel is unavailable: {why}")
-    m, k = x.shape
-    n = scales.shape[0]
-    if x.dtype != torch.float32 or packed.dtype != torch.uint8 or scales.dtype != torch.float32:
-        raise TypeError("int4_gemv takes float32 x, uint8 packed nibbles and float32 scales")
-    if x.device.type != "cpu" or packed.shape != (n + (-n % 4), k // 2) or scales.shape != (n, k // group):
-        raise ValueError(
-            f"int4_gemv: shapes x {tuple(x.shape)}, packed {tuple(packed.shape)}, scales {tuple(scales.shape)}"
-        )
-    c = chunk_size(k, group)
-    if c is None:
-        raise ValueError(shape_problem(k, group))
-    x, packed, scales = x.contiguous(), packed.contiguous(), scales.contiguous()
-    y = torch.empty(m, n, dtype=torch.float32)
-    xq = torch.empty(m, k, dtype=torch.int16)
-    xs = torch.empty(2, m, k // c, dtype=torch.float32)  # activation scales, then their chunk sums
-    code = lib.ms_int4_gemv(x.data_ptr(), packed.data_ptr(), scales.data_ptr(), y.data_ptr(), xq.data_ptr(),
-                            xs.data_ptr(), m, n, k, group, c, int(offset), torch.get_num_threads())  # fmt: skip
-    if code:
-        raise ValueError(shape_problem(k, group) or "int4_gemv refused the shapes")
-    return y
+    return _gemv("int4", x, packed, scales, group, int(offset))

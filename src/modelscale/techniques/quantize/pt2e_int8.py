@@ -49,6 +49,7 @@ from modelscale.core.apply import ApplyContext, ChangeRecord
 from modelscale.core.config import TechniqueConfig, param
 from modelscale.core.errors import ModelscaleError
 from modelscale.core.registry import register
+from modelscale.techniques.quantize.smoothing import run_inputs
 
 _PER_TENSOR = ("quantize_per_tensor", "dequantize_per_tensor")
 
@@ -315,17 +316,7 @@ def _capture_calls(model: nn.Module, names: list[str], batches: list[Any]) -> di
     try:
         with torch.no_grad():
             for batch in batches:
-                if isinstance(batch, dict):
-                    model(**batch)
-                elif isinstance(batch, tuple | list) and batch and isinstance(batch[0], torch.Tensor):
-                    model(batch[0])
-                elif isinstance(batch, torch.Tensor):
-                    model(batch)
-                else:
-                    raise ModelscaleError(
-                        "pt2e_int8 calibration batches must be tensors, (inputs, targets) pairs or dicts of "
-                        f"model keyword inputs; got {type(batch).__name__}"
-                    )
+                run_inputs(model, batch)
     finally:
         for hook in hooks:
             hook.remove()
