@@ -156,3 +156,48 @@ def test_deepcopy_drops_the_compiled_graph_and_rebuilds_it():
         out = result.model(x)
         twin = copy.deepcopy(result.model)
         torch.testing.assert_close(twin(x), out, rtol=1e-5, atol=1e-6)
+
+
+class Residual(nn.Module):
+    """conv → BN → ReLU → conv → BN, += the input, the same ReLU again: torchvision's BasicBlock."""
+
+    def __init__(self, channels: int = 8) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.relu = nn.ReLU(inplace=True)  # one module, called twice
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        out += x
+        return self.relu(out)
+
+
+def residual_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.Sequential(Residual(), Residual()),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 10),
+    ).eval()
+
+
+@pytest.mark.parametrize("activations", ["static", "dynamic"])
+def test_residual_cnn_with_a_module_called_twice_quantizes(activations):
+    # the x86 quantizer refused this ("Input partition has more than one output node") until each
+    # call of the shared ReLU got its own name (resnet18..152, resnext and wide_resnet in the zoo)
+    model = residual_net()
+    g = torch.Generator().manual_seed(2)
+    calibration = [torch.rand(4, 3, 12, 12, generator=g) for _ in range(3)]
+    result = apply(model, Pt2eInt8Config(activations=activations, compile=False), calibration=calibration)
+    assert [r["name"] for r in result.record.layers] == ["0", "1", "4"]
+    assert result.record.summary["quantized_weights"] == 6  # the stem, 2 convs per block x 2, the head
+    x = torch.rand(3, 3, 12, 12, generator=g)
+    with torch.no_grad():
+        want, got = model(x), result.model(x)
+    assert cosine(got, want) >= 0.99
+    assert not torch.equal(got, want)

@@ -156,7 +156,28 @@ def _export(module: nn.Module, args: tuple, kwargs: dict) -> torch.fx.GraphModul
         ) from exc
     graph.graph.eliminate_dead_code()  # outputs nobody reads (a BERT pooler) confuse the quantizer
     graph.recompile()
+    _split_repeated_calls(graph)
     return graph
+
+
+def _split_repeated_calls(graph: torch.fx.GraphModule) -> None:
+    """Give each call of a module called more than once its own name in the nodes' module stacks.
+
+    The quantizer groups nodes into one pattern per module name (the innermost `nn_module_stack`
+    entry): a module called twice, such as the ReLU a torchvision BasicBlock uses after each conv,
+    is one group with two outputs, and the x86 quantizer refuses it ("Input partition has more than
+    one output node"). Export already tells the calls apart in the stack's key ("relu@1"); use it.
+    """
+    for node in graph.graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        if not stack:
+            continue
+        key, entry = next(reversed(stack.items()))
+        if "@" not in key or not isinstance(entry, tuple) or len(entry) != 2:
+            continue
+        fqn, cls = entry
+        call = key.rpartition("@")[2]
+        node.meta["nn_module_stack"] = {**stack, key: (f"{fqn}@{call}", cls)}
 
 
 def _per_tensor_nodes(graph: torch.fx.GraphModule) -> Iterator[torch.fx.Node]:
