@@ -14,7 +14,11 @@ For each model (`torchvision.models.list_models`, all 80 by default):
 
 Synthetic inputs: this checks that things run and round-trip, not accuracy. Times are wall seconds on
 whatever the machine is doing (the load is recorded). Models over `--max-params` are left out unless
-`--all` (a 600 M-parameter model copied and saved per technique needs tens of GB).
+`--all` (a 600 M-parameter model copied and saved per technique needs tens of GB). With
+`--pair-limit S` a pair still running after S seconds ends as "timeout" (checked between Python
+bytecodes, so a long single kernel finishes first). With `--json` the file is rewritten after every
+pair, so a run that is cut keeps what finished. benchmarks/torchvision_zoo_sweep.py runs one process
+per model and merges the files.
 
     .venv/bin/python benchmarks/torchvision_zoo.py --json benchmarks/results/torchvision_zoo.json
     .venv/bin/python benchmarks/torchvision_zoo.py --models resnet18 vit_b_16 --techniques lora
@@ -23,7 +27,9 @@ whatever the machine is doing (the load is recorded). Models over `--max-params`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -45,7 +51,40 @@ from modelscale.models import build_model
 from modelscale.models.loading import ModelBundle, build_for, load_compressed, save_model_dir
 from modelscale.models.torchvision_zoo import published
 
-MIN_SIDE = {"maxvit_t": 224, "inception_v3": 96}  # MaxViT's 7x7 partitions; Inception's stem needs >= 75
+# MaxViT's 7x7 partitions; Inception's stem needs >= 75; AlexNet's three 3x3/2 max pools need >= 63
+MIN_SIDE = {"maxvit_t": 224, "inception_v3": 96, "alexnet": 64}
+
+
+def side_for(name: str, side: int) -> int:
+    """`side`, raised to the model's minimum, and for a ViT rounded up to a multiple of its patch."""
+    side = max(side, MIN_SIDE.get(name, 0))
+    if name.startswith("vit_"):
+        patch = int(name.rsplit("_", 1)[1])
+        side = -(-side // patch) * patch
+    return side
+
+
+class PairTimeout(Exception):
+    """A technique ran past --pair-limit."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float):
+    """Raise PairTimeout in this thread after `seconds` (0: no limit)."""
+    if seconds <= 0:
+        yield
+        return
+
+    def expire(_signum, _frame):
+        raise PairTimeout(f"still running after {seconds:g} s (--pair-limit)")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def generic_techniques() -> list[str]:
@@ -81,7 +120,16 @@ def check_macs(name: str) -> dict[str, Any]:
     }
 
 
-def run_pair(name: str, technique: str, side: int, out_dir: Path) -> dict[str, Any]:
+def run_pair(name: str, technique: str, side: int, out_dir: Path, limit: float = 0) -> dict[str, Any]:
+    start = time.perf_counter()
+    try:
+        with time_limit(limit):
+            return _run_pair(name, technique, side, out_dir)
+    except PairTimeout as exc:
+        return {"status": "timeout", "message": str(exc), "seconds": round(time.perf_counter() - start, 2)}
+
+
+def _run_pair(name: str, technique: str, side: int, out_dir: Path) -> dict[str, Any]:
     torch.manual_seed(0)
     bundle = build_for(f"torchvision:{name}", input_shape=(3, side, side), num_classes=10)
     g = torch.Generator().manual_seed(1)
@@ -124,6 +172,8 @@ def run_pair(name: str, technique: str, side: int, out_dir: Path) -> dict[str, A
         row["reload_max_abs_diff"] = float((again - out).abs().max())
         row["seconds"] = round(time.perf_counter() - start, 2)
         return row
+    except PairTimeout:
+        raise
     except ModelscaleError as exc:
         return {"status": "refused", "stage": stage, "message": str(exc)[:400]}
     except Exception as exc:  # a bare exception escaping is a bug: keep where it came from
@@ -146,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--all", action="store_true", help="include models over --max-params")
     parser.add_argument("--no-techniques", action="store_true", help="only the MAC/parameter check")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--pair-limit", type=float, default=0, help="seconds a model/technique pair may run (0: no limit)"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -154,9 +207,25 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     results: dict[str, Any] = {}
     started = time.perf_counter()
+    command = "benchmarks/torchvision_zoo.py " + " ".join(argv if argv is not None else sys.argv[1:])
+
+    def write(final: bool) -> dict[str, Any]:
+        summary = summarize(results) | {"wall_seconds": round(time.perf_counter() - started, 1)}
+        if args.json:
+            notes = machine_notes(
+                threads=args.threads, packages=("torch", "torchvision", "torch_pruning", "peft")
+            )
+            notes["load_before"] = load_before
+            notes["load_after"] = os.getloadavg()
+            notes["command"] = command
+            body = {"summary": summary, "side": args.side, "machine": notes, "models": results}
+            write_json(args.json, body | ({} if final else {"unfinished": True}))
+        return summary
+
     with tempfile.TemporaryDirectory() as tmp:
         for name in models:
             entry: dict[str, Any] = {"macs": check_macs(name)}
+            results[name] = entry
             m = entry["macs"]
             print(
                 f"{name:22s} {m['gmacs']:9.3f} G vs {m['published_gmacs']:9.3f} ({m['macs_error']:+.2%})",
@@ -167,24 +236,31 @@ def main(argv: list[str] | None = None) -> int:
                 entry["techniques"] = "left out" + (
                     f" (params {m['params']:,} > --max-params)" if too_big else ""
                 )
-            else:
-                side = max(args.side, MIN_SIDE.get(name, 0))
-                entry["side"] = side
-                entry["techniques"] = {}
-                for technique in techniques:
-                    row = run_pair(name, technique, side, Path(tmp))
-                    entry["techniques"][technique] = row
-                    detail = row.get("message", "")[:110] or f"{row.get('seconds')} s"
-                    print(f"    {technique:20s} {row['status']:8s} {detail}", flush=True)
-                    for folder in Path(tmp).iterdir():  # keep the disk footprint to one model
-                        for f in folder.iterdir():
-                            f.unlink()
-                        folder.rmdir()
-            results[name] = entry
+                continue
+            side = side_for(name, args.side)
+            entry["side"] = side
+            entry["techniques"] = {}
+            for technique in techniques:
+                row = run_pair(name, technique, side, Path(tmp), args.pair_limit)
+                entry["techniques"][technique] = row
+                detail = row.get("message", "")[:110] or f"{row.get('seconds')} s"
+                print(f"    {technique:20s} {row['status']:8s} {detail}", flush=True)
+                for folder in Path(tmp).iterdir():  # keep the disk footprint to one model
+                    for f in folder.iterdir():
+                        f.unlink()
+                    folder.rmdir()
+                write(final=False)
+    summary = write(final=True)
+    print(summary)
+    return 1 if summary["error"] else 0
+
+
+def summarize(results: dict[str, Any]) -> dict[str, int]:
+    """Counts over every model entry (MAC check) and every pair (ok / refused / error / timeout)."""
     pairs = [
-        r for e in results.values() if isinstance(e["techniques"], dict) for r in e["techniques"].values()
+        r for e in results.values() if isinstance(e.get("techniques"), dict) for r in e["techniques"].values()
     ]
-    summary = {
+    return {
         "models": len(results),
         "macs_within_2pct": sum(abs(e["macs"]["macs_error"]) < 0.02 for e in results.values()),
         "params_match": sum(e["macs"]["params"] == e["macs"]["published_params"] for e in results.values()),
@@ -192,24 +268,12 @@ def main(argv: list[str] | None = None) -> int:
         "ok": sum(r["status"] == "ok" for r in pairs),
         "refused": sum(r["status"] == "refused" for r in pairs),
         "error": sum(r["status"] == "error" for r in pairs),
+        "timeout": sum(r["status"] == "timeout" for r in pairs),
         "reload_exact": sum(r.get("reload_max_abs_diff", 1) <= 1e-5 for r in pairs if r["status"] == "ok"),
         "record_macs_equal_profile": sum(
             r["record_macs_after"] == r["profile_macs_after"] for r in pairs if "record_macs_after" in r
         ),
-        "wall_seconds": round(time.perf_counter() - started, 1),
     }
-    print(summary)
-    if args.json:
-        notes = machine_notes(
-            threads=args.threads, packages=("torch", "torchvision", "torch_pruning", "peft")
-        )
-        notes["load_before"] = load_before
-        notes["load_after"] = os.getloadavg()
-        notes["command"] = "benchmarks/torchvision_zoo.py " + " ".join(
-            argv if argv is not None else sys.argv[1:]
-        )
-        write_json(args.json, {"summary": summary, "side": args.side, "machine": notes, "models": results})
-    return 1 if summary["error"] else 0
 
 
 if __name__ == "__main__":
