@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -102,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pair-limit", type=float, default=0, help="passed to torchvision_zoo.py")
     parser.add_argument("--model-limit", type=float, default=0, help="seconds per model process (0: none)")
     parser.add_argument("--stop-after", type=float, default=0, help="start no model after this many seconds")
+    parser.add_argument(
+        "--hard-stop", type=float, default=0, help="kill the model running at this many seconds (0: never)"
+    )
     parser.add_argument("--note", help="a note kept in the merged file (replaces the base's)")
     args = parser.parse_args(argv)
     merged: dict[str, Any] = json.loads(args.base.read_text()) if args.base else {}
@@ -143,12 +147,18 @@ def main(argv: list[str] | None = None) -> int:
             ]
             child += ["--all"] * args.all + (["--techniques", *args.techniques] if args.techniques else [])
             begun = time.perf_counter()
+            limits = [args.model_limit] * bool(args.model_limit)
+            limits += [args.hard_stop - (begun - started)] * bool(args.hard_stop)
+            if limits and min(limits) <= 0:
+                queue.insert(0, name)
+                break
             try:
-                rc: int | str = subprocess.run(
-                    child, timeout=args.model_limit or None, check=False
-                ).returncode
+                # a killed child leaves its saved models in its TMPDIR: ours, removed at the end
+                env = os.environ | {"TMPDIR": tmp}
+                run = subprocess.run(child, timeout=min(limits, default=None), check=False, env=env)
+                rc: int | str = run.returncode
             except subprocess.TimeoutExpired:
-                rc = f"killed after --model-limit {args.model_limit:g} s"
+                rc = f"killed after {time.perf_counter() - begun:.0f} s (--model-limit / --hard-stop)"
             report = json.loads(out.read_text()) if out.exists() else None
             process = {"rc": rc, "seconds": round(time.perf_counter() - begun, 1)}
             if report is not None:
