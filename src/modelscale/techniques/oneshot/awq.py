@@ -2,18 +2,28 @@
 
 Lin et al., "AWQ: Activation-aware Weight Quantization for LLM Compression and Acceleration" (MLSys 2024).
 For the layers that read one input X (q/k/v after a LayerNorm; fc1; out_proj; fc2), with s_x the mean
-|x| per input channel, a per-channel scale s = s_x^α (normalised by √(max·min)) is applied as
+|x| per input channel and s_w the mean relative weight magnitude |w| / max_group |w| per input channel
+(the "duo" scale of AutoAWQ; `duo=False` gives the paper's s_x^α), a per-channel scale
 
-    y = W x = (W · diag(s)) (diag(s)⁻¹ x),      α* = argmin_α Σ_layers ‖(Q(W·diag(s)) · diag(s)⁻¹ − W) X‖²
+    s = s_x^α / s_w^(1−α)  (normalised by √(max·min)),    y = W x = (W · diag(s)) (diag(s)⁻¹ x)
 
-with α on a grid over [0, 1) (α = 0 is plain round-to-nearest, so the chosen scale is never worse on this
-objective). The error uses the calibration Hessian H = 2XXᵀ/n: ‖D X‖² ∝ Σ_rows (D H Dᵀ). Where possible
-diag(s)⁻¹ is *folded* into the op that produces X — a LayerNorm / RMSNorm's weight and bias, or the rows of
-a Linear whose output reaches X linearly (v_proj → out_proj, up_proj → down_proj) — and the fold is
-accepted only if the block's output is unchanged on a calibration batch (so a LayerNorm whose output also
-feeds a residual is left alone). Otherwise the layer gets an explicit input scale (`InputScaled`). Then
-the scaled weights are quantized: round-to-nearest with a per-group clipping search (`clip`), or GPTQ on
-the scaled inputs' Hessian diag(s)⁻¹ H diag(s)⁻¹ (`quantizer="gptq"`).
+is chosen on the grid α = k / grid, k = 1 … grid − 1, plus s = 1 (plain round-to-nearest), by
+
+    α* = argmin_α ‖block(X; Q(clip(W·diag(s)))·diag(s)⁻¹) − block(X; W)‖²      (objective="block")
+
+i.e. by the output of the block holding the layers, run on a calibration batch (the paper scores α on the
+output of the module holding the group), with every layer searched earlier in the block already rounded.
+`objective="layers"` scores Σ_layers ‖(W' − W) X‖² through each layer's Hessian H = 2XXᵀ/n instead.
+s = 1 is always a candidate, so the choice is never worse than rounding without scales on its objective.
+Q(clip(·)) is the rounding actually stored: round-to-nearest after a per-(row, group) clipping search
+(`clip`: the range r·[min, max], r on a grid down to 1 − clip_range, chosen by the group's output error
+through diag(s)⁻¹ H diag(s)⁻¹), so α and clipping are searched together. Where possible diag(s)⁻¹ is
+*folded* into the op that produces X — a LayerNorm / RMSNorm's weight and bias, or the rows of a Linear
+whose output reaches X linearly (v_proj → out_proj, up_proj → down_proj) — and a fold is accepted only if
+the block's output is unchanged on a calibration batch (so a LayerNorm whose output also feeds a residual
+is left alone). Otherwise the layers get explicit input scales (`InputScaled`), and then each layer of a
+shared input has its own α (`per_layer_alpha`). `quantizer="gptq"` runs GPTQ on the scaled weights with
+the scaled inputs' Hessian instead of the final round-to-nearest.
 
 Example::
 
@@ -73,8 +83,22 @@ class AWQConfig(OneShotConfig):
     bits: int = param(4, "bits per weight: 2, 3, 4 or 8")
     group_size: int = param(128, "weights sharing one scale along each row; 0 = one group per output channel")
     symmetric: bool = param(False, "symmetric codes (no zero point) or asymmetric with a uint8 zero point")
-    grid: int = param(20, "α values tried in [0, 1) for the scale s = s_x^α")
-    clip: bool = param(True, "with rtn: search a per-group clipping range that minimises the output error")
+    grid: int = param(20, "α values tried in [0, 1) for the scale s = s_x^α (/ s_w^(1−α) with duo)")
+    clip: bool = param(
+        True, "search a per-group clipping range by its output error (gptq: during the α search only)"
+    )
+    clip_grid: int = param(11, "clipping ratios tried per side, evenly from 1 down to 1 - clip_range")
+    clip_range: float = param(0.5, "the smallest clipping ratio tried is 1 - clip_range")
+    clip_separate: bool = param(False, "asymmetric codes: clip the group's min and max by separate ratios")
+    objective: Literal["block", "layers"] = param(
+        "block", "score each α by the block's output error, or by the summed per-layer output errors"
+    )
+    duo: bool = param(
+        True, "scales s_x^α / s_w^(1−α) with s_w the relative weight magnitude (α = 0 stays s = 1)"
+    )
+    per_layer_alpha: bool = param(
+        True, "layers sharing an input but no fold (explicit input scales) each get their own α"
+    )
     quantizer: Literal["rtn", "gptq"] = param("rtn", "how the scaled weights are quantized")
     act_order: bool = param(True, "with gptq: quantize columns by decreasing Hessian diagonal")
     damp: float = param(0.01, "with gptq: damping of the Hessian (×10 on a failed Cholesky)")
@@ -90,6 +114,8 @@ class AWQConfig(OneShotConfig):
         super().validate()
         check_quant_fields(self.bits, self.group_size)
         check_range("grid", self.grid, 1)
+        check_range("clip_grid", self.clip_grid, 1)
+        check_range("clip_range", self.clip_range, 0.0, 0.95)
         check_obs_fields(self.damp, self.block_size)
 
 
@@ -106,27 +132,93 @@ def _output_error(d: torch.Tensor, h: torch.Tensor) -> float:
     return float(((d @ h) * d).sum())
 
 
-def search_alpha(group, stats, config: AWQConfig) -> tuple[float, torch.Tensor, float, float]:
-    """(α, s, error at α, error at α = 0) for layers sharing one input, on the grid α = k / grid."""
-    first = stats[group[0][0]]
-    s_x = (first.abs / max(first.rows, 1)).clamp(min=1e-4)
-    weights = [(weight_matrix(m), stats[n].hessian()) for n, m in group]
-    best = (0.0, torch.ones_like(s_x), float("inf"))
-    base = float("inf")
-    for k in range(config.grid):
-        alpha = k / config.grid
-        s = s_x.pow(alpha)
-        s = s / (s.max() * s.min()).sqrt()
-        err = sum(_output_error(_rtn(w * s, config) / s - w, h) for w, h in weights)
-        if k == 0:
+def channel_scale(s_x: torch.Tensor, alpha: float, s_w: torch.Tensor | None = None) -> torch.Tensor:
+    """s = s_x^α (or s_x^α / s_w^(1−α) with weight magnitudes), normalised by √(max·min) to straddle 1."""
+    s = s_x.pow(alpha)
+    if s_w is not None:
+        s = (s / (s_w.pow(1.0 - alpha) + 1e-4)).clamp(min=1e-4)
+    return s / (s.max() * s.min()).sqrt()
+
+
+def weight_magnitude(weights: list[torch.Tensor], group_size: int) -> torch.Tensor:
+    """s_w: per input channel, the mean over rows of |w| relative to its group's max |w|."""
+    w = torch.cat(weights).abs()
+    rows, cols = w.shape
+    group, groups = group_layout(cols, group_size)
+    if groups * group != cols:
+        return w.div(w.amax(1, keepdim=True) + 1e-6).mean(0)
+    g = w.view(rows, groups, group)
+    return g.div(g.amax(-1, keepdim=True) + 1e-6).view(rows, cols).mean(0)
+
+
+def activation_magnitude(stats) -> torch.Tensor:
+    """s_x: the mean |x| per input channel (floored at 1e-4)."""
+    return (stats.abs / max(stats.rows, 1)).clamp(min=1e-4)
+
+
+def scaled_weight(w: torch.Tensor, h: torch.Tensor, s: torch.Tensor, config: AWQConfig) -> torch.Tensor:
+    """W·diag(s), clipped (with `clip`) on the scaled inputs' Hessian diag(s)⁻¹ H diag(s)⁻¹: what gets rounded."""
+    ws = w * s
+    if config.clip:
+        ws = clip_rtn(ws, h / (s[:, None] * s[None, :]), config)
+    return ws
+
+
+def fake_quantized(w: torch.Tensor, h: torch.Tensor, s: torch.Tensor, config: AWQConfig) -> torch.Tensor:
+    """The weight the quantized layer computes with, seen from its unscaled input: Q(clip(W·s)) / s."""
+    return _rtn(scaled_weight(w, h, s, config), config) / s
+
+
+def candidate_scales(members, originals, stats, config: AWQConfig):
+    """The grid: (0, s = 1) — plain round-to-nearest — then (α, s_x^α [/ s_w^(1−α) with `duo`]), α = k / grid."""
+    s_x = activation_magnitude(stats[members[0][0]])
+    s_w = weight_magnitude([originals[n] for n, _ in members], config.group_size) if config.duo else None
+    yield 0.0, torch.ones_like(s_x)
+    for k in range(1, config.grid):
+        yield k / config.grid, channel_scale(s_x, k / config.grid, s_w)
+
+
+def search_alpha(
+    members, originals, stats, config: AWQConfig, score
+) -> tuple[float, torch.Tensor, float, float]:
+    """(α, s, error at α, error at α = 0): the grid point whose rounded weights Q(clip(W·s))/s score lowest.
+
+    `score` maps {name: rounded weight} to an error; α = 0 is always tried, so the choice is never worse
+    than plain round-to-nearest (with clipping) on that error."""
+    hs = {n: stats[n].hessian() for n, _ in members}
+    best, base = None, 0.0
+    for alpha, s in candidate_scales(members, originals, stats, config):
+        fakes = {n: fake_quantized(originals[n], hs[n], s, config) for n, _ in members}
+        err = score(fakes)
+        if best is None:
             base = err
-        if err < best[2]:
+        if best is None or err < best[2]:
             best = (alpha, s, err)
     return best[0], best[1], best[2], base
 
 
-def clip_rtn(w: torch.Tensor, h: torch.Tensor, config: AWQConfig, ratios: int = 20) -> torch.Tensor:
-    """Clip each (row, group) to r·[min, max], r from 1 down to 0.5, choosing r by its output error."""
+def layers_score(originals, stats):
+    """Σ_layers ‖(W' − W) X‖² through each layer's Hessian (objective="layers")."""
+    return lambda fakes: sum(_output_error(w - originals[n], stats[n].hessian()) for n, w in fakes.items())
+
+
+def block_score(unit: Unit, members, reference: torch.Tensor):
+    """‖block(X; W') − block(X; W)‖² on the unit's probe batch, W' written into the members (objective="block")."""
+    modules = dict(members)
+
+    def score(fakes) -> float:
+        for n, w in fakes.items():
+            set_weight_matrix(modules[n], w)
+        return float((unit.probe() - reference).double().pow(2).sum())
+
+    return score
+
+
+def clip_rtn(w: torch.Tensor, h: torch.Tensor, config: AWQConfig) -> torch.Tensor:
+    """Clip each (row, group) to [r_lo·min, r_hi·max], r from 1 down to 1 − clip_range, chosen by its output error.
+
+    `clip_grid` ratios per side; with `clip_separate` the two ends get their own ratio (a grid of pairs),
+    else one ratio for both."""
     rows, cols = w.shape
     group, groups = group_layout(cols, config.group_size)
     if groups * group != cols:
@@ -138,11 +230,16 @@ def clip_rtn(w: torch.Tensor, h: torch.Tensor, config: AWQConfig, ratios: int = 
     if config.symmetric:
         hi = torch.maximum(hi, -lo)
         lo = -hi
+    ratios = [1.0 - config.clip_range * k / max(config.clip_grid - 1, 1) for k in range(config.clip_grid)]
+    pairs = (
+        [(a, b) for a in ratios for b in ratios]
+        if config.clip_separate and not config.symmetric
+        else [(r, r) for r in ratios]
+    )
     best_err = torch.full((rows, groups), float("inf"))
     best = wg.clone()
-    for k in range(ratios // 2 + 1):
-        r = 1.0 - k / ratios
-        clipped = torch.maximum(torch.minimum(wg, hi * r), lo * r)
+    for r_lo, r_hi in pairs:
+        clipped = torch.maximum(torch.minimum(wg, hi * r_hi), lo * r_lo)
         d = _rtn(clipped.reshape(rows, cols), config).view(rows, groups, group) - wg
         err = torch.einsum("rgi,gij,rgj->rg", d, hg, d)
         better = err < best_err
@@ -237,20 +334,63 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return float((a - b).norm()) <= FOLD_TOLERANCE * float(b.norm()) + 1e-12
 
 
-def _fold(unit: Unit, group, s: torch.Tensor, candidates, reference: torch.Tensor) -> str | None:
-    """Fold diag(s)⁻¹ into the first candidate that leaves the block output unchanged; its name or None."""
+def _trial_scale(n: int) -> torch.Tensor:
+    """A fixed, far-from-one scale for testing whether a fold is exact (exactness does not depend on s)."""
+    return 1.0 + 0.5 * torch.sin(torch.arange(n, dtype=torch.float32) * 1.3)
+
+
+def find_fold(unit: Unit, group, candidates, reference: torch.Tensor):
+    """The first candidate (name, module, kind) into which diag(s)⁻¹ folds exactly, or None; weights unchanged."""
+    s = _trial_scale(layer_features(group[0][1])[1])
     originals = [(m, weight_matrix(m)) for _, m in group]
     for w_module, w in originals:
         set_weight_matrix(w_module, w * s)
+    found = None
     for name, module, kind in candidates:
         saved = {k: v.detach().clone() for k, v in module.state_dict().items()}
         _scale_producer(module, kind, s)
-        if _close(unit.probe(), reference):
-            return name
+        exact = _close(unit.probe(), reference)
         module.load_state_dict(saved)
+        if exact:
+            found = (name, module, kind)
+            break
     for w_module, w in originals:
         set_weight_matrix(w_module, w)
-    return None
+    return found
+
+
+def _choose_scales(unit: Unit, groups, folds, reference, config: AWQConfig) -> dict[str, tuple]:
+    """Search α for every group (or layer); returns name -> (s, info). Leaves the original weights in place."""
+    originals = {n: weight_matrix(m) for n, m in unit.layers}
+    chosen: dict[str, tuple] = {}
+    try:
+        for group, fold in zip(groups, folds):
+            split = fold is None and config.per_layer_alpha
+            for members in [[layer] for layer in group] if split else [group]:
+                if config.objective == "block":
+                    score = block_score(unit, members, reference)
+                else:
+                    score = layers_score(originals, unit.stats)
+                alpha, s, err, base = search_alpha(members, originals, unit.stats, config, score)
+                if config.objective == "block":  # keep the chosen rounding: later searches see it
+                    score(
+                        {
+                            n: fake_quantized(originals[n], unit.stats[n].hessian(), s, config)
+                            for n, _ in members
+                        }
+                    )
+                info = {
+                    "awq_alpha": alpha,
+                    "awq_error_ratio": err / base if base else 1.0,
+                    "awq_objective": config.objective,
+                    "folded_into": fold[0] if fold is not None and alpha > 0 else None,
+                }
+                for n, _ in members:
+                    chosen[n] = (s, info, fold if alpha > 0 else None)
+    finally:
+        for n, m in unit.layers:
+            set_weight_matrix(m, originals[n])
+    return chosen
 
 
 def _restore(model: nn.Module, config: AWQConfig, record: ChangeRecord) -> None:
@@ -271,23 +411,21 @@ def awq(model: nn.Module, config: AWQConfig, ctx: ApplyContext) -> ChangeRecord:
         if traced:
             with _trace(unit, xs) as (outputs, order):
                 unit.probe()
-        scales: dict[str, tuple[torch.Tensor, dict]] = {}
+        folds = []
         for group in groups:
-            alpha, s, err, base = search_alpha(group, unit.stats, config)
-            info = {"awq_alpha": alpha, "awq_error_ratio": err / base if base else 1.0, "folded_into": None}
-            if alpha > 0:
-                cands = (
-                    _candidates(unit, group, outputs, order, xs[group[0][0]][0])
-                    if traced and xs[group[0][0]]
-                    else []
-                )
-                info["folded_into"] = _fold(unit, group, s, cands, reference)
-            for name, _ in group:
-                scales[name] = (s, info)
-        # explicit scales last: until its InputScaled wrapper exists, a scaled layer changes the block output
+            x = xs[group[0][0]][0] if traced and xs[group[0][0]] else None
+            cands = _candidates(unit, group, outputs, order, x) if x is not None else []
+            folds.append(find_fold(unit, group, cands, reference) if cands else None)
+        scales = _choose_scales(unit, groups, folds, reference, config)
+        # folds first (on float weights; a producer that is itself quantized later is rounded with its
+        # rows already divided by s, which RTN per row commutes with), then every scaled weight
+        done: set[int] = set()
         for name, module in unit.layers:
-            s, info = scales[name]
-            if info["awq_alpha"] > 0 and info["folded_into"] is None:
+            s, info, fold = scales[name]
+            if fold is not None and id(info) not in done:
+                done.add(id(info))
+                _scale_producer(fold[1], fold[2], s)
+            if info["awq_alpha"] > 0:
                 set_weight_matrix(module, weight_matrix(module) * s)
         hessians = {}
         for name, _ in unit.layers:
@@ -317,8 +455,8 @@ def awq(model: nn.Module, config: AWQConfig, ctx: ApplyContext) -> ChangeRecord:
                 rows.append(row)
                 by_name[name] = row
         for name, _ in unit.layers:
-            s, info = scales[name]
-            explicit = info["awq_alpha"] > 0 and info["folded_into"] is None
+            s, info, fold = scales[name]
+            explicit = info["awq_alpha"] > 0 and fold is None
             by_name[name].update(info, input_scale=explicit)
             if explicit:
                 layer = model.get_submodule(name)
