@@ -112,7 +112,7 @@ def test_clipping_is_never_worse_than_none_and_separate_ends_never_worse_than_on
         d = _rtn(clipped, config) - w
         return float(((d @ h) * d).sum())
 
-    shared = AWQConfig(bits=3, group_size=32)
+    shared = AWQConfig(bits=3, group_size=32, clip_separate=False)
     separate = AWQConfig(bits=3, group_size=32, clip_separate=True)
     none = err(shared, w)
     one = err(shared, clip_rtn(w, h, shared))

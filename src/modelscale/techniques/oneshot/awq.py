@@ -89,7 +89,9 @@ class AWQConfig(OneShotConfig):
     )
     clip_grid: int = param(11, "clipping ratios tried per side, evenly from 1 down to 1 - clip_range")
     clip_range: float = param(0.5, "the smallest clipping ratio tried is 1 - clip_range")
-    clip_separate: bool = param(False, "asymmetric codes: clip the group's min and max by separate ratios")
+    clip_separate: bool = param(
+        True, "asymmetric codes: then refine the group's min and max ratios separately"
+    )
     objective: Literal["block", "layers"] = param(
         "block", "score each α by the block's output error, or by the summed per-layer output errors"
     )
@@ -217,8 +219,8 @@ def block_score(unit: Unit, members, reference: torch.Tensor):
 def clip_rtn(w: torch.Tensor, h: torch.Tensor, config: AWQConfig) -> torch.Tensor:
     """Clip each (row, group) to [r_lo·min, r_hi·max], r from 1 down to 1 − clip_range, chosen by its output error.
 
-    `clip_grid` ratios per side; with `clip_separate` the two ends get their own ratio (a grid of pairs),
-    else one ratio for both."""
+    One ratio r_lo = r_hi first (`clip_grid` values); with `clip_separate` (asymmetric codes) the low end,
+    then the high end, is searched again with the other end held at its best: never worse than one ratio."""
     rows, cols = w.shape
     group, groups = group_layout(cols, config.group_size)
     if groups * group != cols:
@@ -231,20 +233,28 @@ def clip_rtn(w: torch.Tensor, h: torch.Tensor, config: AWQConfig) -> torch.Tenso
         hi = torch.maximum(hi, -lo)
         lo = -hi
     ratios = [1.0 - config.clip_range * k / max(config.clip_grid - 1, 1) for k in range(config.clip_grid)]
-    pairs = (
-        [(a, b) for a in ratios for b in ratios]
-        if config.clip_separate and not config.symmetric
-        else [(r, r) for r in ratios]
-    )
-    best_err = torch.full((rows, groups), float("inf"))
+    best_err = torch.full((rows, groups, 1), float("inf"))
     best = wg.clone()
-    for r_lo, r_hi in pairs:
+    best_lo, best_hi = torch.ones_like(lo), torch.ones_like(hi)
+
+    def trial(r_lo, r_hi) -> torch.Tensor:
+        nonlocal best_err, best
         clipped = torch.maximum(torch.minimum(wg, hi * r_hi), lo * r_lo)
         d = _rtn(clipped.reshape(rows, cols), config).view(rows, groups, group) - wg
-        err = torch.einsum("rgi,gij,rgj->rg", d, hg, d)
+        err = torch.einsum("rgi,gij,rgj->rg", d, hg, d)[..., None]
         better = err < best_err
         best_err = torch.where(better, err, best_err)
-        best = torch.where(better[..., None], clipped, best)
+        best = torch.where(better, clipped, best)
+        return better
+
+    for r in ratios:
+        better = trial(r, r)
+        best_lo, best_hi = torch.where(better, r, best_lo), torch.where(better, r, best_hi)
+    if config.clip_separate and not config.symmetric:
+        for r in ratios:
+            best_lo = torch.where(trial(r, best_hi), r, best_lo)
+        for r in ratios:
+            best_hi = torch.where(trial(best_lo, r), r, best_hi)
     return best.reshape(rows, cols)
 
 
