@@ -144,3 +144,13 @@ def test_the_layers_objective_and_no_duo_still_run_and_beat_rtn(stdlib_bytes):
 def test_bad_search_fields_are_one_line_errors(field, value):
     with pytest.raises(ModelscaleError, match=field):
         AWQConfig(**{field: value}).validate()
+
+
+def test_gptq_after_the_scales_runs_on_the_scaled_hessian_and_beats_rtn(stdlib_bytes):
+    model = tiny_gpt(n_layer=1)
+    calib = windows(stdlib_bytes, 32, 32, seed=6)
+    held_out = windows(stdlib_bytes, 16, 32, seed=7)
+    rtn = apply(model, _rtn3(), calibration=[calib]).model
+    result = apply(model, AWQConfig(bits=3, group_size=32, grid=8, quantizer="gptq"), calibration=[calib])
+    assert all("obs_loss" in r and "awq_alpha" in r for r in result.record.layers)
+    assert output_error(model, result.model, held_out) < output_error(model, rtn, held_out)
