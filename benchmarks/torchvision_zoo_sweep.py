@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--all", action="store_true", help="include models over 100 M parameters")
     parser.add_argument("--pair-limit", type=float, default=0, help="passed to torchvision_zoo.py")
     parser.add_argument("--model-limit", type=float, default=0, help="seconds per model process (0: none)")
+    parser.add_argument("--in-order", action="store_true", help="run --models as given, not smallest first")
     parser.add_argument("--stop-after", type=float, default=0, help="start no model after this many seconds")
     parser.add_argument(
         "--hard-stop", type=float, default=0, help="kill the model running at this many seconds (0: never)"
@@ -119,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     merged.setdefault("commands", [merged.pop("command")] if "command" in merged else [])
     merged.setdefault("models", {})
     queue = args.models or [n for n in ALL if n not in merged["models"]]
-    queue = sorted(queue, key=lambda n: published(n)["params"])
+    if not args.in_order:
+        queue = sorted(queue, key=lambda n: published(n)["params"])
     command = "benchmarks/torchvision_zoo_sweep.py " + " ".join(argv if argv is not None else sys.argv[1:])
     merged["commands"].append(command)
     started = time.perf_counter()
