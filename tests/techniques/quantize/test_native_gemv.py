@@ -27,7 +27,14 @@ def _rel(a, b):
 @needs_kernel
 @pytest.mark.parametrize(
     ("m", "n", "k", "group"),
-    [(1, 64, 128, 128), (3, 61, 256, 32), (5, 130, 4096, 4096), (2, 17, 4096, 128), (1, 8, 6144, 6144)],
+    [
+        (1, 64, 128, 128),
+        (3, 61, 256, 64),
+        (5, 130, 4096, 4096),
+        (2, 17, 4096, 128),
+        (1, 8, 6144, 6144),
+        (4, 9, 192, 192),
+    ],
 )
 def test_kernel_matches_float64_within_16_bit_activation_rounding(m, n, k, group):
     g = torch.Generator().manual_seed(n * k)
@@ -41,18 +48,21 @@ def test_kernel_matches_float64_within_16_bit_activation_rounding(m, n, k, group
     assert got.shape == (m, n) and got.dtype == torch.float32
     err = _rel(got, _reference(x, w, s, group))
     bf16 = _rel(_reference(x.bfloat16().float(), w, s, group).float(), _reference(x, w, s, group))
-    assert err < 1e-4 and err < bf16 / 10  # far more precise than bf16 activations, outlier included
+    assert err < 2e-4 and err < bf16 / 10  # far more precise than bf16 activations, outlier included
 
 
 @needs_kernel
-def test_chunks_are_at_most_128_features_and_bad_shapes_are_refused():
-    assert native_gemv.chunk_size(11008, 11008) == 128  # per-channel weights: activations per 128
-    assert native_gemv.chunk_size(4096, 32) == 32
-    assert native_gemv.chunk_size(4800, 96) == 96
+def test_chunks_are_at_most_256_features_and_bad_shapes_are_refused():
+    assert native_gemv.chunk_size(11008, 11008) == 256  # per-channel weights: activations per 256
+    assert native_gemv.chunk_size(4800, 4800) == 192
+    assert native_gemv.chunk_size(4096, 4096) == 256
+    assert native_gemv.chunk_size(4096, 128) == 128
+    assert native_gemv.chunk_size(4800, 192) == 192
+    assert native_gemv.chunk_size(4096, 32) is None  # groups of 32: ATen's kernels serve them
     assert native_gemv.chunk_size(100, 100) is None
-    assert "divisible by 32" in native_gemv.shape_problem(100, 100)
-    w = torch.zeros(4, 100, dtype=torch.int8)
-    with pytest.raises(ValueError, match="divisible by 32"):
+    assert "divisible by 64" in native_gemv.shape_problem(100, 100)
+    w = torch.zeros(4, 100, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="divisible by 64"):
         native_gemv.int8_gemv(torch.zeros(1, 100), w, torch.ones(4, 1), 100)
     with pytest.raises(TypeError, match="float32 x"):
         native_gemv.int8_gemv(torch.zeros(1, 64, dtype=torch.float64), w[:, :64], torch.ones(4, 1), 64)
@@ -92,7 +102,7 @@ def test_the_kernel_path_computes_the_weight_only_layer_and_gives_its_codes_back
 
 @needs_kernel
 @pytest.mark.parametrize(
-    ("m", "n", "k", "group", "offset"), [(1, 64, 128, 32, 8), (3, 61, 256, 64, 0), (2, 9, 4096, 128, 8)]
+    ("m", "n", "k", "group", "offset"), [(1, 64, 128, 64, 8), (3, 61, 256, 64, 0), (2, 9, 4096, 128, 8)]
 )
 def test_int4_kernel_matches_float64_and_its_layout_round_trips(m, n, k, group, offset):
     g = torch.Generator().manual_seed(k + n)
@@ -104,11 +114,11 @@ def test_int4_kernel_matches_float64_and_its_layout_round_trips(m, n, k, group, 
     x = torch.randn(m, k, generator=g)
     got = native_gemv.int4_gemv(x, packed, s, group, offset)
     wf = ((nibbles.double() - offset).view(n, k // group, group) * s.double()[..., None]).view(n, k)
-    assert _rel(got, x.double() @ wf.t()) < 1e-4
+    assert _rel(got, x.double() @ wf.t()) < 2e-4
 
 
 @needs_kernel
-@pytest.mark.parametrize(("bits", "group", "symmetric"), [(4, 32, True), (4, 64, False), (8, 0, False)])
+@pytest.mark.parametrize(("bits", "group", "symmetric"), [(4, 64, True), (4, 128, False), (8, 0, False)])
 def test_both_kernel_paths_compute_the_weight_only_layer(bits, group, symmetric):
     torch.manual_seed(4)
     layer = WeightOnlyLayer(nn.Linear(128, 48), bits=bits, group_size=group, symmetric=symmetric)
@@ -133,10 +143,51 @@ def test_codes_given_back_own_their_storage_when_rows_are_padded(bits):
     # 10 output rows: the kernel pads its layout to 12; codes that kept the padded storage made
     # safetensors refuse to save the model (seen on mobilenet_v2's 10-class head)
     torch.manual_seed(5)
-    layer = WeightOnlyLayer(nn.Linear(64, 10), bits=bits, group_size=32, symmetric=True)
+    layer = WeightOnlyLayer(nn.Linear(64, 10), bits=bits, group_size=64, symmetric=True)
     path = next(
         p for p in kernels.candidate_paths(layer, torch.device("cpu"))[0] if p.name == f"int{bits}_avx512"
     )
     codes = kernels.build_layout(layer, path.layout, torch.device("cpu")).codes()
     assert codes.shape[0] == 10
     assert codes.untyped_storage().nbytes() == codes.numel() * codes.element_size()
+
+
+@needs_kernel
+@pytest.mark.parametrize("bits", [8, 4])
+def test_zero_term_bias_and_leading_dimensions_are_computed_inside_the_kernel(bits):
+    g = torch.Generator().manual_seed(bits)
+    n, k, group = 13, 256, 64
+    s = torch.rand(n, k // group, generator=g) + 0.1
+    z = torch.randint(0, 16 if bits == 4 else 256, (n, k // group), generator=g).float()
+    bias = torch.randn(n, generator=g)
+    x = torch.randn(2, 3, k, generator=g)
+    if bits == 8:
+        u = torch.randint(0, 256, (n, k), generator=g)  # asymmetric uint8 codes
+        got = native_gemv.int8_gemv(x, native_gemv.pack_int8_rows((u - 128).to(torch.int8)), s, group,
+                                    (s * (z - 128)).contiguous(), bias)  # fmt: skip
+    else:
+        u = torch.randint(0, 16, (n, k), generator=g)
+        got = native_gemv.int4_gemv(
+            x, native_gemv.pack_int4_rows(u.to(torch.uint8)), s, group, 0, (s * z).contiguous(), bias
+        )
+    w = ((u.double().view(n, -1, group) - z.double()[..., None]) * s.double()[..., None]).view(n, k)
+    assert got.shape == (2, 3, n)
+    assert _rel(got, x.double() @ w.t() + bias.double()) < 2e-4
+
+
+@needs_kernel
+def test_a_copied_layer_runs_on_its_own_codes_after_the_original_is_gone():
+    import copy
+    import gc
+
+    torch.manual_seed(6)
+    layer = WeightOnlyLayer(nn.Linear(128, 20), bits=8, group_size=64, symmetric=False)
+    path = next(p for p in kernels.candidate_paths(layer, torch.device("cpu"))[0] if p.name == "int8_avx512")
+    layout = kernels.build_layout(layer, path.layout, torch.device("cpu"))
+    x = torch.randn(3, 128)
+    want = layout.run_native(x)  # builds the plan: pointers to this layout's tensors
+    twin = copy.deepcopy(layout)
+    assert twin.tensors["plan"].tensors[0] is twin.tensors["weight"]  # rebuilt around the copy
+    del layout
+    gc.collect()
+    assert torch.equal(twin.run_native(x), want)

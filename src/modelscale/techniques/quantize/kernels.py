@@ -13,11 +13,12 @@ runtime tensors it reads, prepared once from the layer's codes (its *layout*):
     int4_cpu_<dt>     aten._weight_int4pack_mm_for_cpu(x_dt, packed, g, [s, (8 - z)·s]) (ATen computes
                       (q - 8)·s + m per group, so an integer zero point z becomes m = (8 - z)·s)
     int4_cuda_bf16    aten._weight_int4pack_mm (tinygemm) with the same scales-and-zeros, on CUDA
-    int8_avx512       our AVX-512 kernel (`native_gemv`): int8 rows streamed once, activations as
-                      16-bit integers per chunk of ≤ 128 features (relative error ~3e-5, below bf16's
-                      ~2e-3), exact int32 sums; the zero term as for int8_mm
-    int4_avx512       the same kernel for int4: our row layout (per 32 features, byte j holds feature j
-                      and j + 16), nibbles unpacked in registers; symmetric codes' offset 8 subtracted
+    int8_avx512       our AVX-512 VNNI kernel (`native_gemv`): unsigned codes u = q + 128 streamed once
+                      in 4-row blocks, activations as 16-bit integers per chunk of ≤ 256 features
+                      split into two signed bytes (relative error ~5e-5, below bf16's ~2e-3), exact
+                      int32 sums minus 128·Σx; the zero term as for int8_mm; groups of 64k
+    int4_avx512       the same kernel for int4: per 64 features 32 bytes (byte j holds feature j and
+                      j + 32), nibbles unpacked in registers; symmetric codes' offset 8 subtracted
                       there, a zero point as one small matmul:  y = Σ s·q·x - Σ_g x_g · s_g·z_g
     float             F.linear / F.conv2d with the dequantized weight kept in float (one float copy)
     dequant           dequantize on every call, then the float op (the fallback; no runtime tensors)
@@ -63,6 +64,7 @@ class Path:
 
 
 DEQUANT = Path("dequant", "canonical")
+NATIVE = ("int8_native", "int4_native")  # our kernels: float32 in and out, bias added inside
 FLOAT = Path("float", "float")
 
 
@@ -96,24 +98,25 @@ class Layout:
             return torch.ops.aten._weight_int4pack_mm_for_cpu(
                 torch.cat((xd, xd), 1), t["packed"], self.group, sz
             )
-        if self.kind == "int8_native":
-            from modelscale.techniques.quantize.native_gemv import int8_gemv
-
-            y = int8_gemv(x2d.to(torch.float32), t["weight"], t["scales_f32"], self.group)
-            if t["asymmetric"]:
-                y -= x2d.to(torch.float32).view(x2d.shape[0], t["groups"], -1).sum(-1) @ t["zero_term"]
-            return y
-        if self.kind == "int4_native":
-            from modelscale.techniques.quantize.native_gemv import int4_gemv
-
-            y = int4_gemv(x2d.to(torch.float32), t["packed"], t["scales_f32"], self.group, t["offset"])
-            if "zero_term" in t:
-                y -= x2d.to(torch.float32).view(x2d.shape[0], t["groups"], -1).sum(-1) @ t["zero_term"]
-            return y
+        if self.kind in NATIVE:
+            return self.run_native(x2d.to(torch.float32))
         if self.kind == "int4_cuda":
             sz = t["scales_and_zeros"][dtype]
             return torch.ops.aten._weight_int4pack_mm(x2d.to(dtype), t["packed"], self.group, sz)
         raise ValueError(f"layout {self.kind} has no integer run")  # float layouts run in the layer
+
+    def run_native(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """Our kernel on float32 x (..., in) → (..., out) float32, zero term and `bias` added inside it."""
+        t = self.tensors
+        codes = t["weight"] if self.kind == "int8_native" else t["packed"]
+        plan = t.get("plan")
+        if plan is None or plan.tensors[0] is not codes:  # prepared once per layout
+            from modelscale.techniques.quantize import native_gemv
+
+            bits, offset = (8, 128) if self.kind == "int8_native" else (4, t["offset"])
+            plan = native_gemv.Plan(bits, codes, t["scales_f32"], self.group, offset, t.get("zero_scaled"))
+            t["plan"] = plan
+        return plan(x, bias)
 
     def keep_dtypes(self, dtypes: set) -> None:
         """Drop the per-dtype scales no chosen path reads."""
@@ -294,8 +297,8 @@ def build_layout(layer: Any, kind: str, device: torch.device) -> Layout:
         w = pack_int8_rows((codes - 128 if asymmetric else codes).to(device, torch.int8).view(n, k))
         t = {"weight": w, "scales_f32": scale.view(n, groups).contiguous(), "asymmetric": asymmetric,
              "groups": groups, "rows": n}  # fmt: skip
-        if asymmetric:
-            t["zero_term"] = (scale * (zero - 128.0)).t().contiguous()  # groups × out, float32
+        if asymmetric:  # out × groups, float32: the kernel takes Σ_g s·(z - 128) · Σ x_g off
+            t["zero_scaled"] = (scale * (zero - 128.0)).view(n, groups).contiguous()
         return Layout(kind, t, group=g, invertible=True)
     if kind == "int4_native":
         from modelscale.techniques.quantize.native_gemv import pack_int4_rows
@@ -303,8 +306,8 @@ def build_layout(layer: Any, kind: str, device: torch.device) -> Layout:
         nibbles = (codes + 8 if layer.symmetric else codes).to(device, torch.uint8)
         t = {"packed": pack_int4_rows(nibbles), "scales_f32": scale.view(n, groups).contiguous(),
              "offset": 8 if layer.symmetric else 0, "groups": groups, "rows": n}  # fmt: skip
-        if not layer.symmetric:
-            t["zero_term"] = (scale * zero).t().contiguous()  # groups × out, float32
+        if not layer.symmetric:  # out × groups, float32
+            t["zero_scaled"] = (scale * zero).view(n, groups).contiguous()
         return Layout(kind, t, group=g, invertible=True)
     if kind == "int8_int4x2":
         kg = int8_as_int4_group(layer)

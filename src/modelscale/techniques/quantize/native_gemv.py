@@ -7,29 +7,32 @@ holds a small C kernel that streams the int8 rows once and keeps the arithmetic 
 
     y[m, n] = Σ_g s[n, g] · Σ_{k ∈ g} x[m, k] · q[n, k]        (symmetric int8 codes q, group scales s)
 
-Activations are rounded once per call to 16-bit integers with one scale per chunk of ≤ 128 features
-(relative error ~3e-5, an order of magnitude below bf16 activations; an outlier costs precision only
-in its own chunk). Four output rows are computed together from ONE contiguous stream: the weights are
-stored in blocks of 4 rows, 32 features of each row in turn (`pack_int8_rows`) — four separate row
-streams read at about half the memory bandwidth here, the interleaved one at ~90% of a plain read.
-Each 32 weights are sign-extended to int16 in registers and multiplied-accumulated with the
-activations into int32 (vpdpwssd with AVX512-VNNI, else vpmaddwd + vpaddd; exact for a chunk), and a
-chunk's sum is scaled once (activation scale × the row's group scale) into float32. Rows of a batch
-(m) reuse the block from L1. Asymmetric codes are shifted to int8 by the caller, which adds the
-zero-point term itself (see `kernels.Layout.run`). int4 is the same with two features per byte.
+Activations are rounded once per call to 16-bit integers with one scale per chunk of ≤ 256 features
+(relative error ~5e-5, well below bf16 activations' ~2e-3; an outlier costs precision only in its own
+chunk) and split exactly into two signed bytes, x16 = 256·xh + xl. The codes are stored unsigned
+(int8: u = q + 128; int4: the nibbles), so each 64 weights of a row take two vpdpbusd (u8 × s8 into
+int32 lanes, AVX512-VNNI) — one instruction per 32 weight-activation products, where widening the
+weights to 16 bits took two — and a chunk's sum (acc_h·256 + acc_l − offset·Σx16, exact in int32)
+is scaled once (activation scale × the row's group scale) into float32. Four output rows are computed
+together from ONE contiguous stream: the codes are stored in blocks of 4 rows, 64 features of each
+row in turn (`pack_int8_rows`; int4: 32 bytes per 64 features, `pack_int4_rows`), prefetched a few KB
+ahead — four separate row streams read at about half the memory bandwidth here. Rows of a batch (m)
+reuse the block from L1. Asymmetric int8 codes are shifted by the caller, which adds the zero-point
+term itself (see `kernels.Layout.run`). Groups must be multiples of 64 (groups of 32 use ATen's
+kernels).
 
-The kernel is compiled on first use with `cc -O3 -mavx512f -mavx512bw -fopenmp` into the user's cache
-(`$MODELSCALE_CACHE`, else `$XDG_CACHE_HOME/modelscale`, else `~/.cache/modelscale`), keyed by a hash
+The kernel is compiled on first use with `cc -O3 -mavx512f -mavx512bw -mavx512vnni -fopenmp` into
+the user's cache (`$MODELSCALE_CACHE`, else `$XDG_CACHE_HOME/modelscale`, else `~/.cache/modelscale`), keyed by a hash
 of its source and flags, and loaded with ctypes (the call releases the GIL). Where the CPU lacks
-AVX-512, no compiler is installed or the build fails, `unavailable()` says why and the weight-only
+AVX-512 VNNI, no compiler is installed or the build fails, `unavailable()` says why and the weight-only
 layer simply never offers the path; its outputs are checked against the float reference before it
 may be chosen, like every other path (`kernels.check_path`).
 
 Example::
 
-    from modelscale.techniques.quantize.native_gemv import int8_gemv, unavailable
-    if unavailable() is None:
-        y = int8_gemv(x.float().contiguous(), q_int8, scales_n_by_groups, group_size)
+    from modelscale.techniques.quantize.native_gemv import int8_gemv, pack_int8_rows, unavailable
+    if unavailable() is None:  # q_int8: N × K codes, scales: N × K/group float32
+        y = int8_gemv(x.float().contiguous(), pack_int8_rows(q_int8), scales, group_size)
 """
 
 from __future__ import annotations
@@ -48,149 +51,197 @@ import torch
 _SOURCE = r"""
 #include <immintrin.h>
 #include <stdint.h>
+#include <stdlib.h>
+/* prefetch distance along the one weight stream (measured here: 0.5-2 KB too short, 8 KB best) */
+#define AHEAD 8192
 
-/* Activations: each chunk of c consecutive features of a row is quantized to int16 with
-   |xq| <= 32767, scale xs = max|x| / 32767. A product with an 8-bit weight stays below 2^22, so a
-   chunk of up to 512 features sums exactly in int32 (chunks here are at most 128). */
-static void quantize_rows(const float* x, int16_t* xq, float* xs, int64_t M, int64_t K, int64_t c) {
+/* Activations, per chunk of c features of a row (c % 64 == 0, c <= 256): x16 = round(x / xs) with
+   |x16| <= 32639 and xs = max|x| / 32639, split exactly as x16 = 256·xh + xl with xh, xl in [-127, 127]
+   (signed bytes, the second operand of vpdpbusd). lanes[16] per chunk: offset · the sum of x16 over the
+   features lane l of the kernel's accumulators sees (4l..4l+3 of every 64), the codes' offset term. */
+static void prepare_rows(const float* x, int8_t* xh, int8_t* xl, float* xs, float* xsum, int32_t* lanes,
+                         int64_t M, int64_t K, int64_t c, int32_t offset) {
+  const int64_t C = K / c;
+  const __m512i lim = _mm512_set1_epi32(32639), nlim = _mm512_set1_epi32(-32639), half = _mm512_set1_epi32(128);
   for (int64_t m = 0; m < M; ++m) {
-    for (int64_t j = 0; j < K; j += c) {
-      const float* xr = x + m * K + j;
+    for (int64_t j = 0; j < C; ++j) {
+      const float* xr = x + m * K + j * c;
       __m512 mx = _mm512_setzero_ps();
       for (int64_t k = 0; k < c; k += 16) mx = _mm512_max_ps(mx, _mm512_abs_ps(_mm512_loadu_ps(xr + k)));
       const float top = _mm512_reduce_max_ps(mx);
-      const float scale = top > 0.0f ? top / 32767.0f : 1.0f;
+      const float scale = top > 0.0f ? top / 32639.0f : 1.0f;
       const __m512 inv = _mm512_set1_ps(1.0f / scale);
+      __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(),
+                        _mm512_setzero_si512()};
       for (int64_t k = 0; k < c; k += 16) {
-        const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xr + k), inv));
-        _mm256_storeu_si256((__m256i*)(xq + m * K + j + k), _mm512_cvtsepi32_epi16(q));
+        __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xr + k), inv));
+        q = _mm512_max_epi32(_mm512_min_epi32(q, lim), nlim);
+        const __m512i h = _mm512_srai_epi32(_mm512_add_epi32(q, half), 8);
+        const __m512i l = _mm512_sub_epi32(q, _mm512_slli_epi32(h, 8));
+        _mm_storeu_si128((__m128i*)(xh + m * K + j * c + k), _mm512_cvtepi32_epi8(h));
+        _mm_storeu_si128((__m128i*)(xl + m * K + j * c + k), _mm512_cvtepi32_epi8(l));
+        acc[(k % 64) / 16] = _mm512_add_epi32(acc[(k % 64) / 16], q); /* features k % 64 .. +15 */
       }
-      xs[m * (K / c) + j / c] = scale;
+      /* acc[v][i] holds feature 16v + i (mod 64); lane l wants features 4l..4l+3 = acc[l / 4][4(l % 4) + t] */
+      int32_t a[64];
+      for (int v = 0; v < 4; ++v) _mm512_storeu_si512((void*)(a + 16 * v), acc[v]);
+      int32_t* out = lanes + (m * C + j) * 16;
+      int32_t total = 0;
+      for (int l = 0; l < 16; ++l) {
+        const int32_t lane = a[4 * l] + a[4 * l + 1] + a[4 * l + 2] + a[4 * l + 3];
+        out[l] = offset * lane;
+        total += lane;
+      }
+      xs[m * C + j] = scale;
+      xsum[m * C + j] = scale * (float)total; /* Σ x over the chunk, as the kernel sees it */
     }
   }
 }
 
-static inline __m512i dot32(__m512i acc, __m512i xv, const int8_t* w) {
-  const __m512i wv = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)w));
-#ifdef __AVX512VNNI__
-  return _mm512_dpwssd_epi32(acc, xv, wv);
-#else
-  return _mm512_add_epi32(acc, _mm512_madd_epi16(xv, wv));
-#endif
+/* y[m*N + n] = sum_g s[n*G + g] · sum_{k in g} x[m*K + k] · (u[n, k] - offset), for unsigned codes u:
+   bytes (bits 8) or nibbles (bits 4). Layout: blocks of 4 rows, 64 features of each row in turn:
+   64 bytes (int8), or 32 bytes (int4: byte j holds feature j in its low nibble, j + 32 in its high).
+   Each 64 features of a row: two vpdpbusd (u8 codes × s8 halves of the activations) into int32 lanes,
+   exact; per chunk (acc_h << 8) + acc_l - offset terms is exact in int32, then scaled in float. */
+static inline float dot(const float* a, const float* b, int64_t n) {
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 k = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, a + i), _mm512_maskz_loadu_ps(k, b + i), acc);
+  }
+  return _mm512_reduce_add_ps(acc);
 }
 
-/* y[m*N + n] = sum_g s[n*G + g] * sum_{k in g} x[m*K + k] * w[n*K + k], through int16 activations.
-   Needs K % c == 0, gsize % c == 0, c % 32 == 0, c <= 512 (checked here and by the caller). */
-int ms_int8_gemv(const float* x, const int8_t* w, const float* s, float* y, int16_t* xq, float* xs,
-                 int64_t M, int64_t N, int64_t K, int64_t gsize, int64_t c, int threads) {
-  if (c % 32 || c > 512 || K % c || gsize % c || K % gsize) return 1;
-  quantize_rows(x, xq, xs, M, K, c);
+/* Scratch for the prepared activations: one buffer per calling thread, grown as needed, kept. */
+static __thread uint8_t* scratch = 0;
+static __thread int64_t scratch_bytes = 0;
+
+/* zs (N × G, may be null): s · z per group, a zero point's term  y -= Σ_g zs[n, g] · Σ_{k in g} x;
+   bias (N, may be null) is added. Returns 0, 1 for shapes it cannot take, 2 when out of memory. */
+int ms_gemv(const float* x, const uint8_t* w, const float* s, const float* zs, const float* bias, float* y,
+            int64_t M, int64_t N, int64_t K, int64_t gsize, int64_t c, int bits, int offset, int threads) {
+  if ((bits != 8 && bits != 4) || c % 64 || c > 256 || K % c || gsize % c || K % gsize) return 1;
+  const int64_t chunks = M * (K / c), need = 2 * M * K + chunks * (64 + 2 * 4) + M * (K / gsize) * 4 + 64;
+  if (need > scratch_bytes) {
+    free(scratch);
+    scratch = (uint8_t*)aligned_alloc(64, (need + 63) / 64 * 64);
+    scratch_bytes = scratch ? need : 0;
+    if (!scratch) return 2;
+  }
+  int32_t* lanes = (int32_t*)scratch; /* 64-byte aligned: 16 int32 per chunk */
+  float* xs = (float*)(scratch + chunks * 64);
+  float* xsum = xs + chunks;
   const int64_t G = K / gsize, C = K / c, per_group = gsize / c, blocks = (N + 3) / 4;
+  float* gsum = xsum + chunks; /* Σ x per group of a row, for the zero term */
+  int8_t* xh = (int8_t*)(gsum + M * G);
+  int8_t* xl = xh + M * K;
+  prepare_rows(x, xh, xl, xs, xsum, lanes, M, K, c, offset);
+  for (int64_t i = 0; i < M * G; ++i) {
+    float part = 0.0f;
+    for (int64_t j = i * per_group; j < (i + 1) * per_group; ++j) part += xsum[j];
+    gsum[i] = part;
+  }
+  const int64_t row = bits == 8 ? K : K / 2, step = bits == 8 ? 64 : 32; /* bytes per 64 features */
+  const __m512i shifts = _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0); /* upper 256 bits: the high nibbles */
+  const __m512i mask = _mm512_set1_epi8(0x0F);
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
   for (int64_t b = 0; b < blocks; ++b) {
-    int64_t r[4]; /* scale rows; the weights of a tail block's missing rows are zeros */
+    int64_t r[4]; /* scale rows; the codes of a tail block's missing rows are zeros */
     for (int i = 0; i < 4; ++i) r[i] = (b * 4 + i < N) ? b * 4 + i : N - 1;
-    const int8_t* wb = w + b * 4 * K; /* one contiguous stream per block: [r0 32 | r1 32 | r2 32 | r3 32] */
+    const uint8_t* wb = w + b * 4 * row;
     for (int64_t m = 0; m < M; ++m) {
-      const int16_t* xr = xq + m * K;
+      const int8_t* hr = xh + m * K;
+      const int8_t* lr = xl + m * K;
       __m512 t0 = _mm512_setzero_ps(), t1 = t0, t2 = t0, t3 = t0;
+      float z[4] = {0.0f, 0.0f, 0.0f, 0.0f}; /* Σ_g zs · Σ x_g per row */
+      if (zs)
+        for (int i = 0; i < 4; ++i) z[i] = dot(zs + r[i] * G, gsum + m * G, G);
       for (int64_t j = 0; j < C; ++j) {
-        __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
-        for (int64_t k = j * c; k < (j + 1) * c; k += 32) {
-          const __m512i xv = _mm512_loadu_si512((const void*)(xr + k));
-          const int8_t* wk = wb + 4 * k;
-          a0 = dot32(a0, xv, wk);
-          a1 = dot32(a1, xv, wk + 32);
-          a2 = dot32(a2, xv, wk + 64);
-          a3 = dot32(a3, xv, wk + 96);
+        /* the low halves start at -offset terms, so (h << 8) + l is the chunk's exact sum */
+        const __m512i corr = _mm512_sub_epi32(_mm512_setzero_si512(),
+                                              _mm512_loadu_si512((const void*)(lanes + (m * C + j) * 16)));
+        __m512i h0 = _mm512_setzero_si512(), h1 = h0, h2 = h0, h3 = h0, l0 = corr, l1 = corr, l2 = corr, l3 = corr;
+        for (int64_t k = j * c; k < (j + 1) * c; k += 64) {
+          const __m512i xhv = _mm512_loadu_si512((const void*)(hr + k));
+          const __m512i xlv = _mm512_loadu_si512((const void*)(lr + k));
+          const uint8_t* wk = wb + 4 * (k / 64) * step;
+          __m512i w0, w1, w2, w3;
+          if (bits == 8) {
+            _mm_prefetch((const char*)(wk + AHEAD), _MM_HINT_T0);
+            _mm_prefetch((const char*)(wk + AHEAD + 64), _MM_HINT_T0);
+            _mm_prefetch((const char*)(wk + AHEAD + 128), _MM_HINT_T0);
+            _mm_prefetch((const char*)(wk + AHEAD + 192), _MM_HINT_T0);
+            w0 = _mm512_loadu_si512((const void*)wk);
+            w1 = _mm512_loadu_si512((const void*)(wk + 64));
+            w2 = _mm512_loadu_si512((const void*)(wk + 128));
+            w3 = _mm512_loadu_si512((const void*)(wk + 192));
+          } else {
+            _mm_prefetch((const char*)(wk + AHEAD), _MM_HINT_T0);
+            _mm_prefetch((const char*)(wk + AHEAD + 64), _MM_HINT_T0);
+#define NIBBLES(p) _mm512_and_si512(_mm512_srlv_epi64(_mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)(p))), shifts), mask)
+            w0 = NIBBLES(wk);
+            w1 = NIBBLES(wk + 32);
+            w2 = NIBBLES(wk + 64);
+            w3 = NIBBLES(wk + 96);
+#undef NIBBLES
+          }
+          h0 = _mm512_dpbusd_epi32(h0, w0, xhv);
+          l0 = _mm512_dpbusd_epi32(l0, w0, xlv);
+          h1 = _mm512_dpbusd_epi32(h1, w1, xhv);
+          l1 = _mm512_dpbusd_epi32(l1, w1, xlv);
+          h2 = _mm512_dpbusd_epi32(h2, w2, xhv);
+          l2 = _mm512_dpbusd_epi32(l2, w2, xlv);
+          h3 = _mm512_dpbusd_epi32(h3, w3, xhv);
+          l3 = _mm512_dpbusd_epi32(l3, w3, xlv);
         }
+#define EXACT(h, l) _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_slli_epi32(h, 8), l))
         const float sx = xs[m * C + j];
-        const int64_t g = j / per_group;
-        t0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0), _mm512_set1_ps(sx * s[r[0] * G + g]), t0);
-        t1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a1), _mm512_set1_ps(sx * s[r[1] * G + g]), t1);
-        t2 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a2), _mm512_set1_ps(sx * s[r[2] * G + g]), t2);
-        t3 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a3), _mm512_set1_ps(sx * s[r[3] * G + g]), t3);
+        if (G == 1) { /* one scale per row: applied once at the end */
+          const __m512 sv = _mm512_set1_ps(sx);
+          t0 = _mm512_fmadd_ps(EXACT(h0, l0), sv, t0);
+          t1 = _mm512_fmadd_ps(EXACT(h1, l1), sv, t1);
+          t2 = _mm512_fmadd_ps(EXACT(h2, l2), sv, t2);
+          t3 = _mm512_fmadd_ps(EXACT(h3, l3), sv, t3);
+        } else {
+          const int64_t g = per_group == 1 ? j : j / per_group;
+          t0 = _mm512_fmadd_ps(EXACT(h0, l0), _mm512_set1_ps(sx * s[r[0] * G + g]), t0);
+          t1 = _mm512_fmadd_ps(EXACT(h1, l1), _mm512_set1_ps(sx * s[r[1] * G + g]), t1);
+          t2 = _mm512_fmadd_ps(EXACT(h2, l2), _mm512_set1_ps(sx * s[r[2] * G + g]), t2);
+          t3 = _mm512_fmadd_ps(EXACT(h3, l3), _mm512_set1_ps(sx * s[r[3] * G + g]), t3);
+        }
+#undef EXACT
       }
-      const float out[4] = {_mm512_reduce_add_ps(t0), _mm512_reduce_add_ps(t1), _mm512_reduce_add_ps(t2),
-                            _mm512_reduce_add_ps(t3)};
-      for (int i = 0; i < 4 && b * 4 + i < N; ++i) y[m * N + b * 4 + i] = out[i];
+      const float f[4] = {G == 1 ? s[r[0]] : 1.0f, G == 1 ? s[r[1]] : 1.0f, G == 1 ? s[r[2]] : 1.0f,
+                          G == 1 ? s[r[3]] : 1.0f};
+      const float out[4] = {_mm512_reduce_add_ps(t0) * f[0], _mm512_reduce_add_ps(t1) * f[1],
+                            _mm512_reduce_add_ps(t2) * f[2], _mm512_reduce_add_ps(t3) * f[3]};
+      for (int i = 0; i < 4 && b * 4 + i < N; ++i)
+        y[m * N + b * 4 + i] = out[i] - z[i] + (bias ? bias[b * 4 + i] : 0.0f);
     }
   }
   return 0;
 }
 
-/* int4: per row and 32 features, 16 bytes: byte j holds feature j (low nibble) and feature j + 16
-   (high nibble); rows interleave in blocks of 4 as for int8. Codes are unsigned nibbles; `offset`
-   (8 for symmetric codes, else 0) is taken off once per chunk as offset · Σ x (exact, from the int16
-   activations); a zero point is the caller's term. */
-static inline __m512i dot32_u4(__m512i acc, __m512i xv, const uint8_t* w, __m256i shifts, __m256i mask) {
-  /* 16 bytes in both 128-bit lanes; the upper lane shifted right by 4 (per 16-bit word: the bits
-     crossing a byte boundary are masked off) gives [low nibbles | high nibbles] = features 0..31 */
-  const __m256i b = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)w));
-  const __m512i wv = _mm512_cvtepu8_epi16(_mm256_and_si256(_mm256_srlv_epi16(b, shifts), mask));
-#ifdef __AVX512VNNI__
-  return _mm512_dpwssd_epi32(acc, xv, wv);
-#else
-  return _mm512_add_epi32(acc, _mm512_madd_epi16(xv, wv));
-#endif
-}
-
-int ms_int4_gemv(const float* x, const uint8_t* w, const float* s, float* y, int16_t* xq, float* xs,
-                 int64_t M, int64_t N, int64_t K, int64_t gsize, int64_t c, int offset, int threads) {
-  if (c % 32 || c > 512 || K % c || gsize % c || K % gsize) return 1;
-  quantize_rows(x, xq, xs, M, K, c);
-  const int64_t G = K / gsize, C = K / c, per_group = gsize / c, blocks = (N + 3) / 4, row = K / 2;
-  float* xsums = xs + M * C; /* the caller's buffer holds 2 · M · C floats: scales, then Σ xq per chunk */
-  for (int64_t i = 0; i < M * C; ++i) {
-    int32_t total = 0;
-    for (int64_t k = 0; k < c; ++k) total += xq[i * c + k];
-    xsums[i] = (float)total; /* exact: |Σ| <= 128 · 32767 < 2^24 */
-  }
-  const __m256i shifts = _mm256_set_epi16(4, 4, 4, 4, 4, 4, 4, 4, 0, 0, 0, 0, 0, 0, 0, 0);
-  const __m256i mask = _mm256_set1_epi8(0x0F);
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-  for (int64_t b = 0; b < blocks; ++b) {
-    int64_t r[4];
-    for (int i = 0; i < 4; ++i) r[i] = (b * 4 + i < N) ? b * 4 + i : N - 1;
-    const uint8_t* wb = w + b * 4 * row; /* per 32 features: [r0 16 bytes | r1 | r2 | r3] */
-    for (int64_t m = 0; m < M; ++m) {
-      const int16_t* xr = xq + m * K;
-      __m512 t0 = _mm512_setzero_ps(), t1 = t0, t2 = t0, t3 = t0;
-      float c0 = 0.0f, c1 = 0.0f, c2 = 0.0f, c3 = 0.0f; /* offset · Σ x per row: subtracted at the end */
-      for (int64_t j = 0; j < C; ++j) {
-        __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
-        const float xsum = xsums[m * C + j];
-        for (int64_t k = j * c; k < (j + 1) * c; k += 32) {
-          const __m512i xv = _mm512_loadu_si512((const void*)(xr + k));
-          const uint8_t* wk = wb + 2 * k;
-          a0 = dot32_u4(a0, xv, wk, shifts, mask);
-          a1 = dot32_u4(a1, xv, wk + 16, shifts, mask);
-          a2 = dot32_u4(a2, xv, wk + 32, shifts, mask);
-          a3 = dot32_u4(a3, xv, wk + 48, shifts, mask);
-        }
-        const float sx = xs[m * C + j];
-        const int64_t g = j / per_group;
-        t0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0), _mm512_set1_ps(sx * s[r[0] * G + g]), t0);
-        t1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a1), _mm512_set1_ps(sx * s[r[1] * G + g]), t1);
-        t2 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a2), _mm512_set1_ps(sx * s[r[2] * G + g]), t2);
-        t3 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a3), _mm512_set1_ps(sx * s[r[3] * G + g]), t3);
-        const float ox = (float)offset * xsum * sx;
-        c0 += ox * s[r[0] * G + g];
-        c1 += ox * s[r[1] * G + g];
-        c2 += ox * s[r[2] * G + g];
-        c3 += ox * s[r[3] * G + g];
-      }
-      const float out[4] = {_mm512_reduce_add_ps(t0) - c0, _mm512_reduce_add_ps(t1) - c1,
-                            _mm512_reduce_add_ps(t2) - c2, _mm512_reduce_add_ps(t3) - c3};
-      for (int i = 0; i < 4 && b * 4 + i < N; ++i) y[m * N + b * 4 + i] = out[i];
-    }
-  }
-  return 0;
+/* The same with the layer's operands prepared once (`Plan`): p = {codes, scales, zero term or 0, N, K,
+   group, chunk, bits, offset}; only the activations, output, batch rows and bias change per call. */
+int ms_gemv_plan(const float* x, float* y, int64_t M, const float* bias, const int64_t* p, int threads) {
+  return ms_gemv(x, (const uint8_t*)p[0], (const float*)p[1], (const float*)p[2], bias, y, M, p[3], p[4], p[5],
+                 p[6], (int)p[7], (int)p[8], threads);
 }
 """
 
-_FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-fopenmp", "-shared", "-fPIC"]
-MAX_CHUNK = 128  # activation features per int16 scale (exact in int32 up to 512: 512 · 32767 · 127 < 2^31)
+_FLAGS = [
+    "-O3",
+    "-mavx512f",
+    "-mavx512bw",
+    "-mavx512vl",
+    "-mavx512vnni",
+    "-mfma",
+    "-fopenmp",
+    "-shared",
+    "-fPIC",
+]
+MAX_CHUNK = 256  # activation features per 16-bit scale (each int32 lane sums 16 of them: exact)
 
 
 def _cpu_flags() -> set[str]:
@@ -215,12 +266,12 @@ def _compiler() -> str | None:
 @functools.cache
 def _library() -> tuple[ctypes.CDLL | None, str | None]:
     """(the loaded kernel library, None) or (None, why it is not available)."""
-    if not {"avx512f", "avx512bw", "avx512vl"} <= _cpu_flags():
-        return None, "the CPU has no AVX-512 (F, BW, VL)"
+    if not {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"} <= _cpu_flags():
+        return None, "the CPU has no AVX-512 with VNNI (F, BW, VL, VNNI)"
     cc = _compiler()
     if cc is None:
         return None, "no C compiler (cc, gcc or clang) to build it"
-    flags = [*_FLAGS, *(["-mavx512vnni"] if "avx512_vnni" in _cpu_flags() else [])]
+    flags = list(_FLAGS)
     tag = hashlib.sha256((_SOURCE + " ".join(flags) + cc).encode()).hexdigest()[:16]
     target = None
     for folder in (_cache_dir(), Path(tempfile.gettempdir()) / "modelscale-kernels"):
@@ -250,12 +301,13 @@ def _library() -> tuple[ctypes.CDLL | None, str | None]:
         lib = ctypes.CDLL(str(target))
     except OSError as exc:
         return None, f"loading the built kernel failed: {exc}"
-    fn = lib.ms_int8_gemv
+    fn = lib.ms_gemv
     fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 5 + [ctypes.c_int]
-    fn4 = lib.ms_int4_gemv
-    fn4.restype = ctypes.c_int
-    fn4.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 5 + [ctypes.c_int, ctypes.c_int]
+    fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 5 + [ctypes.c_int] * 3
+    planned = lib.ms_gemv_plan
+    planned.restype = ctypes.c_int
+    planned.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+                        ctypes.c_int]  # fmt: skip
     return lib, None
 
 
@@ -265,11 +317,11 @@ def unavailable() -> str | None:
 
 
 def chunk_size(k: int, group: int) -> int | None:
-    """Features per activation scale: the largest multiple of 32 up to `MAX_CHUNK` dividing the group
+    """Features per activation scale: the largest multiple of 64 up to `MAX_CHUNK` dividing the group
     (so an outlier feature costs precision only within its own chunk); None when none exists."""
-    if k % group:
+    if group <= 0 or k % group:
         return None
-    for c in range(min(group, MAX_CHUNK) // 32 * 32, 0, -32):
+    for c in range(min(group, MAX_CHUNK) // 64 * 64, 0, -64):
         if group % c == 0:
             return c
     return None
@@ -278,46 +330,126 @@ def chunk_size(k: int, group: int) -> int | None:
 def shape_problem(k: int, group: int) -> str | None:
     """Why a layer of `k` input features in groups of `group` cannot use the kernel (None: it can)."""
     if chunk_size(k, group) is None:
-        return f"our AVX-512 kernel needs the group size ({group}) divisible by 32 and dividing in_features ({k})"
+        return f"our AVX-512 kernel needs the group size ({group}) divisible by 64 and dividing in_features ({k})"
     return None
 
 
-def int8_gemv(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, group: int) -> torch.Tensor:
-    """x (M × K, float32, CPU) · dequant(w)ᵀ with `packed` = `pack_int8_rows(w)` (w int8 N × K) and
-    scales float32 (N × K/group)."""
-    return _gemv("int8", x, packed, scales, group)
-
-
-def _gemv(
-    kind: str, x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, group: int, *extra: int
+def int8_gemv(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    scales: torch.Tensor,
+    group: int,
+    zero_term: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Check the operands of the `kind` ("int8" / "int4") kernel, give it its buffers, and call it."""
+    """x (..., K, float32, CPU) · dequant(w)ᵀ (+ bias) with `packed` = `pack_int8_rows(w)` (w int8 N × K)
+    and scales float32 (N × K/group); `zero_term` (N × K/group, float32: s · z per group) is taken off
+    as Σ_g zero_term[:, g] · Σ_{k ∈ g} x_k."""
+    return _gemv(8, x, packed, scales, group, 128, zero_term, bias)
+
+
+def int4_gemv(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    scales: torch.Tensor,
+    group: int,
+    offset: int,
+    zero_term: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """x (..., K, float32) · ((nibbles - offset) · s)ᵀ (+ bias) with `packed` from `pack_int4_rows`
+    (N × K/2 uint8) and scales float32 (N × K/group); `offset` is 8 for symmetric codes, 0 for
+    zero-point codes, whose term `zero_term` (s · z, N × K/group) is taken off as for `int8_gemv`."""
+    return _gemv(4, x, packed, scales, group, int(offset), zero_term, bias)
+
+
+def _gemv(bits, x, packed, scales, group, offset, zero_term, bias) -> torch.Tensor:
+    """Check the operands of the kernel for `bits`-bit unsigned codes and call it: one allocation (the
+    output) and no other tensor op, since each costs tens of µs when a weight stream has just flushed
+    the caches, as between the layers of a decoder."""
     lib, why = _library()
+    kind = f"int{bits}"
     if lib is None:
         raise RuntimeError(f"the {kind} GEMV kernel is unavailable: {why}")
-    m, k = x.shape
+    k = x.shape[-1]
     n = scales.shape[0]
-    code_dtype, columns = (torch.int8, k) if kind == "int8" else (torch.uint8, k // 2)
-    if x.dtype != torch.float32 or packed.dtype != code_dtype or scales.dtype != torch.float32:
-        raise TypeError(f"{kind}_gemv takes float32 x, {code_dtype} packed codes and float32 scales")
-    if x.device.type != "cpu" or packed.shape != (n + (-n % 4), columns) or scales.shape != (n, k // group):
+    optional = [t for t in (zero_term, bias) if t is not None]
+    if (
+        x.dtype != torch.float32
+        or packed.dtype != torch.uint8
+        or any(t.dtype != torch.float32 for t in (scales, *optional))
+    ):
+        raise TypeError(f"{kind}_gemv takes float32 x, uint8 packed codes and float32 scales")
+    columns = k if bits == 8 else k // 2
+    if (
+        x.device.type != "cpu"
+        or packed.shape != (n + (-n % 4), columns)
+        or scales.shape != (n, k // max(group, 1))
+        or (zero_term is not None and zero_term.shape != scales.shape)
+        or (bias is not None and bias.shape != (n,))
+    ):
         raise ValueError(
             f"{kind}_gemv: shapes x {tuple(x.shape)}, packed {tuple(packed.shape)}, scales {tuple(scales.shape)}"
         )
     c = chunk_size(k, group)
     if c is None:
         raise ValueError(shape_problem(k, group))
-    x, packed, scales = x.contiguous(), packed.contiguous(), scales.contiguous()
-    y = torch.empty(m, n, dtype=torch.float32)
-    xq = torch.empty(m, k, dtype=torch.int16)
-    # activation scales per chunk (int4 also their chunk sums, for the offset term)
-    xs = torch.empty(1 if kind == "int8" else 2, m, k // c, dtype=torch.float32)
-    fn = lib.ms_int8_gemv if kind == "int8" else lib.ms_int4_gemv
-    code = fn(x.data_ptr(), packed.data_ptr(), scales.data_ptr(), y.data_ptr(), xq.data_ptr(), xs.data_ptr(),
-              m, n, k, group, c, *extra, torch.get_num_threads())  # fmt: skip
+    if not x.is_contiguous():
+        x = x.contiguous()
+    for t in (packed, scales, *optional):
+        if not t.is_contiguous():
+            raise ValueError(f"{kind}_gemv takes contiguous codes, scales, zero term and bias")
+    y = torch.empty((*x.shape[:-1], n), dtype=torch.float32)
+    m = x.numel() // k if k else 0
+    code = lib.ms_gemv(x.data_ptr(), packed.data_ptr(), scales.data_ptr(),
+                       None if zero_term is None else zero_term.data_ptr(), None if bias is None else bias.data_ptr(),
+                       y.data_ptr(), m, n, k, group, c, bits, offset, torch.get_num_threads())  # fmt: skip
+    if code == 2:
+        raise MemoryError(f"{kind}_gemv could not allocate its activation buffer ({m} × {k})")
     if code:
         raise ValueError(shape_problem(k, group) or f"{kind}_gemv refused the shapes")
     return y
+
+
+class Plan:
+    """One layer's kernel operands, checked once: `plan(x, bias)` is `int{bits}_gemv(x, ...)` with only x's
+    dtype, width and layout checked per call (the plan keeps its tensors alive, so the pointers it
+    hands the kernel stay valid)."""
+
+    def __init__(self, bits, packed, scales, group, offset, zero_term=None) -> None:
+        n, k = scales.shape[0], scales.shape[1] * group
+        _gemv(bits, torch.zeros(1, k), packed, scales, group, offset, zero_term, None)  # checks every operand
+        self.tensors = (packed, scales, zero_term)
+        self._args = (bits, packed, scales, group, offset, zero_term)
+        self.rows, self.width = n, k
+        ptrs = [t.data_ptr() if t is not None else 0 for t in self.tensors]
+        self._params = (ctypes.c_int64 * 9)(*ptrs, n, k, group, chunk_size(k, group), bits, offset)
+        self._call = _library()[0].ms_gemv_plan
+
+    def __reduce__(self):  # copies and pickles rebuild the plan around their own tensors' pointers
+        return Plan, self._args
+
+    def __call__(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if x.dtype != torch.float32 or x.device.type != "cpu" or x.shape[-1] != self.width:
+            raise ValueError(
+                f"the kernel takes float32 CPU inputs of width {self.width}, got {x.dtype} {tuple(x.shape)}"
+            )
+        if bias is not None and (
+            bias.dtype != torch.float32 or bias.shape != (self.rows,) or not bias.is_contiguous()
+        ):
+            raise ValueError(f"the kernel takes a contiguous float32 bias of {self.rows}")
+        if not x.is_contiguous():
+            x = x.contiguous()
+        y = torch.empty((*x.shape[:-1], self.rows), dtype=torch.float32)
+        code = self._call(x.data_ptr(), y.data_ptr(), x.numel() // self.width, None if bias is None else bias.data_ptr(),
+                          self._params, torch.get_num_threads())  # fmt: skip
+        if code:
+            raise (
+                MemoryError("the kernel could not allocate its activation buffer")
+                if code == 2
+                else ValueError("the kernel refused its shapes")
+            )
+        return y
 
 
 def _interleave(rows: torch.Tensor, unit: int) -> torch.Tensor:
@@ -337,34 +469,27 @@ def _deinterleave(packed: torch.Tensor, unit: int, n: int) -> torch.Tensor:
 
 
 def pack_int8_rows(codes: torch.Tensor) -> torch.Tensor:
-    """The kernel's int8 layout from codes (N × K, int8, K % 32 == 0): 4-row blocks, 32 features of
-    each row in turn (zero rows pad N to a multiple of 4)."""
-    return _interleave(codes.to(torch.int8), 32)
+    """The kernel's int8 layout from signed codes (N × K, int8, K % 64 == 0): unsigned u = q + 128, in
+    4-row blocks, 64 features of each row in turn (zero rows pad N to a multiple of 4)."""
+    return _interleave((codes.to(torch.int16) + 128).to(torch.uint8), 64)
 
 
 def unpack_int8_rows(packed: torch.Tensor, n: int) -> torch.Tensor:
     """Inverse of `pack_int8_rows`: the N × K int8 codes."""
-    return _deinterleave(packed, 32, n)
+    return (_deinterleave(packed, 64, n).to(torch.int16) - 128).to(torch.int8)
 
 
 def pack_int4_rows(nibbles: torch.Tensor) -> torch.Tensor:
-    """The kernel's int4 layout from nibbles (N × K, uint8 in [0, 15], K % 32 == 0): per row and 32
-    features, byte j holds feature j (low nibble) and j + 16 (high); rows in 4-row blocks as for int8."""
+    """The kernel's int4 layout from nibbles (N × K, uint8 in [0, 15], K % 64 == 0): per row and 64
+    features, byte j holds feature j (low nibble) and j + 32 (high); rows in 4-row blocks, 32 bytes of
+    each in turn."""
     n, k = nibbles.shape
-    b = nibbles.to(torch.uint8).view(n, k // 32, 2, 16)
-    return _interleave((b[:, :, 0] | (b[:, :, 1] << 4)).reshape(n, k // 2), 16)
+    b = nibbles.to(torch.uint8).view(n, k // 64, 2, 32)
+    return _interleave((b[:, :, 0] | (b[:, :, 1] << 4)).reshape(n, k // 2), 32)
 
 
 def unpack_int4_rows(packed: torch.Tensor, n: int) -> torch.Tensor:
     """Inverse of `pack_int4_rows`: nibbles (N × K, uint8)."""
-    rows = _deinterleave(packed, 16, n)
-    b = rows.view(n, rows.shape[1] // 16, 1, 16)
+    rows = _deinterleave(packed, 32, n)
+    b = rows.view(n, rows.shape[1] // 32, 1, 32)
     return torch.cat((b & 0x0F, b >> 4), dim=2).reshape(n, 2 * rows.shape[1])
-
-
-def int4_gemv(
-    x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, group: int, offset: int
-) -> torch.Tensor:
-    """x (M × K, float32) · ((nibbles - offset) · s)ᵀ with `packed` from `pack_int4_rows` (N × K/2 uint8)
-    and scales float32 (N × K/group); `offset` is 8 for symmetric codes, 0 for zero-point codes."""
-    return _gemv("int4", x, packed, scales, group, int(offset))

@@ -63,7 +63,7 @@ from modelscale.techniques.quantize.common import (
     unpack_int4,
 )
 from modelscale.techniques.quantize.common import layer_row as _layer_row
-from modelscale.techniques.quantize.kernels import INT4_KERNEL_GROUPS, Path  # noqa: F401 - re-exported
+from modelscale.techniques.quantize.kernels import INT4_KERNEL_GROUPS, NATIVE, Path  # noqa: F401 - re-exported
 
 KERNELS = ("auto", "torch", "dequant")
 RUNTIME = "runtime_"  # prefix of the non-persistent buffers holding a chosen path's tensors
@@ -420,6 +420,13 @@ class WeightOnlyLayer(QuantizedLayer):
                 conv = layout.tensors.get("conv_args")
                 return F.linear(x, weight, bias) if conv is None else F.conv2d(x, weight, bias, *conv)
             return self.float_forward(x, weight.to(x.dtype))
+        if (
+            layout is not None
+            and path.layout in NATIVE
+            and x.dtype == torch.float32
+            and (bias is None or bias.dtype == torch.float32)
+        ):
+            return layout.run_native(x, bias)  # one call: no reshape, cast or bias op around it
         if layout is not None and x.is_floating_point():
             lead = x.shape[:-1]
             y = layout.run(x.reshape(-1, self.in_features).contiguous(), path.dtype).to(x.dtype)
