@@ -83,3 +83,26 @@ def test_zero_sparsity_wanda_is_the_identity(stdlib_bytes):
     pruned = apply(copy.deepcopy(model), WandaConfig(sparsity=0.0), calibration=[calib]).model
     with torch.no_grad():
         assert torch.equal(pruned(calib), model(calib))
+
+
+def test_wanda_on_a_conv1d_scores_input_rows_and_compares_within_each_output_column():
+    """HF Conv1D stores its weight (in × out): the activation norm must scale the *rows* of that weight
+    and each output (a column there) keeps its own top half; a non-square layer catches a transpose."""
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    model = nn.Sequential(Conv1D(8, 16)).eval()  # nf=8 outputs, nx=16 inputs: weight (16, 8)
+    with torch.no_grad():
+        model[0].weight[5, :] = 0.01 * torch.sign(model[0].weight[5, :])  # tiny weights on input 5...
+    x = torch.randn(4, 32, 16)
+    x[..., 5] *= 1000.0  # ...which is 1000× louder than the other inputs
+    x[..., 11] *= 0.001  # and input 11 almost silent
+    keep = get_mask(apply(copy.deepcopy(model), WandaConfig(sparsity=0.5), calibration=[x]).model[0])
+    assert keep.shape == (16, 8)
+    norm = x.reshape(-1, 16).double().pow(2).sum(0).sqrt()
+    score = model[0].weight.detach().double().abs() * norm[:, None]  # (in, out), computed in place
+    drop = score.topk(8, dim=0, largest=False).indices
+    expected = torch.ones_like(score, dtype=torch.bool).scatter(0, drop, False)
+    assert torch.equal(keep, expected)
+    assert keep.sum(0).eq(8).all()  # every output keeps 8 of its 16 inputs
+    assert keep[5, :].all() and not keep[11, :].any()
