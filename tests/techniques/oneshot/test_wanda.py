@@ -106,3 +106,19 @@ def test_wanda_on_a_conv1d_scores_input_rows_and_compares_within_each_output_col
     assert torch.equal(keep, expected)
     assert keep.sum(0).eq(8).all()  # every output keeps 8 of its 16 inputs
     assert keep[5, :].all() and not keep[11, :].any()
+
+
+def test_wanda_layer_group_ranks_the_whole_layer_at_once():
+    """group="layer" (the paper's ablation): half of the layer's |W|·‖X‖ scores go, rows may differ."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 8)).eval()
+    with torch.no_grad():
+        model[0].weight[:2] *= 10.0  # two loud output rows: a per-layer ranking keeps more of them
+    x = torch.randn(128, 16) * torch.linspace(0.1, 3.0, 16)  # calibration_samples=128 rows: all used
+    keep = get_mask(apply(copy.deepcopy(model), WandaConfig(group="layer"), calibration=[x]).model[0])
+    score = model[0].weight.detach().double().abs() * x.double().pow(2).sum(0).sqrt()[None, :]
+    expected = score > score.flatten().kthvalue(64).values
+    assert torch.equal(keep, expected) and int(keep.sum()) == 64
+    assert keep[:2].sum(1).gt(8).all() and keep.sum(1).ne(8).any()  # not half of every row
+    per_row = get_mask(apply(copy.deepcopy(model), WandaConfig(), calibration=[x]).model[0])
+    assert per_row.sum(1).eq(8).all()

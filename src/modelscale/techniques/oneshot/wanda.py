@@ -7,7 +7,8 @@ For a layer y = W x with calibration inputs X (rows are tokens), each weight sco
 
 and each output row i drops its lowest-scoring fraction `sparsity` (unstructured), or, with
 `pattern="N:M"`, keeps the N highest of every M consecutive input weights (2:4 runs on sparse tensor
-cores). Statistics come block by block from the sequential calibration (`calibrate.py`), so each block
+cores). The per-output comparison group is the paper's choice for LLMs; `group="layer"` ranks the whole
+layer at once instead (the paper's ablation, and its setting for image classifiers). Statistics come block by block from the sequential calibration (`calibrate.py`), so each block
 sees the already-pruned blocks before it. The mask is kept by parametrization (`prune/masks.py`): the
 zeros survive fine-tuning, and the model is as large and as fast as before until it is stored sparsely.
 
@@ -23,7 +24,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -54,11 +55,21 @@ def check_prune_fields(sparsity: float, pattern: str) -> None:
 
 
 def keep_top(
-    scores: torch.Tensor, *, sparsity: float = 0.0, n_m: tuple[int, int] | None = None
+    scores: torch.Tensor,
+    *,
+    sparsity: float = 0.0,
+    n_m: tuple[int, int] | None = None,
+    per_layer: bool = False,
 ) -> torch.Tensor:
-    """Boolean keep-mask (out × in): per row, drop the ⌊sparsity·in⌋ lowest scores, or keep the n best of m."""
+    """Boolean keep-mask (out × in): per row, drop the ⌊sparsity·in⌋ lowest scores, or keep the n best of m;
+    `per_layer` drops the ⌊sparsity·out·in⌋ lowest of the whole matrix instead (unstructured only)."""
     rows, cols = scores.shape
     drop = torch.zeros_like(scores, dtype=torch.bool)
+    if per_layer and n_m is None:
+        k = int(scores.numel() * sparsity)
+        if k:
+            drop.view(-1)[scores.reshape(-1).topk(k, largest=False).indices] = True
+        return ~drop
     if n_m is not None:
         n, m = n_m
         grouped = scores.reshape(rows, cols // m, m)
@@ -100,6 +111,9 @@ class WandaConfig(OneShotConfig):
 
     sparsity: float = param(0.5, "fraction of each row's weights set to zero (unstructured), in [0, 1)")
     pattern: str = param("unstructured", "unstructured, or N:M to keep N of every M consecutive inputs (2:4)")
+    group: Literal["output", "layer"] = param(
+        "output", "unstructured: compare scores within each output row (paper, LLMs) or the whole layer"
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -120,7 +134,12 @@ def wanda(model: nn.Module, config: WandaConfig, ctx: ApplyContext) -> ChangeRec
                 notes.append(f"{name}: {w.shape[1]} inputs is not a multiple of {n_m[1]}, left dense")
                 continue
             score = w.abs() * unit.stats[name].sq.sqrt()[None, :]
-            keep = keep_top(score, sparsity=config.for_layer(name, "sparsity"), n_m=n_m)
+            keep = keep_top(
+                score,
+                sparsity=config.for_layer(name, "sparsity"),
+                n_m=n_m,
+                per_layer=config.for_layer(name, "group") == "layer",
+            )
             attach_mask(module, mask_to_weight_layout(module, keep))
             pruned.append((name, module))
 
