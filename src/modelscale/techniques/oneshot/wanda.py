@@ -8,8 +8,8 @@ For a layer y = W x with calibration inputs X (rows are tokens), each weight sco
 and each output row i drops its lowest-scoring fraction `sparsity` (unstructured), or, with
 `pattern="N:M"`, keeps the N highest of every M consecutive input weights (2:4 runs on sparse tensor
 cores). The per-output comparison group is the paper's choice for LLMs; `group="layer"` ranks the whole
-layer at once instead (the paper's ablation, and its setting for image classifiers). Statistics come block by block from the sequential calibration (`calibrate.py`), so each block
-sees the already-pruned blocks before it. The mask is kept by parametrization (`prune/masks.py`): the
+layer at once instead (the comparison group the paper ablates). Statistics come block by block from the
+sequential calibration (`calibrate.py`), so each block sees the already-pruned blocks before it. The mask is kept by parametrization (`prune/masks.py`): the
 zeros survive fine-tuning, and the model is as large and as fast as before until it is stored sparsely.
 
 Example::
