@@ -9,8 +9,9 @@ and each output row i drops its lowest-scoring fraction `sparsity` (unstructured
 `pattern="N:M"`, keeps the N highest of every M consecutive input weights (2:4 runs on sparse tensor
 cores). The per-output comparison group is the paper's choice for LLMs; `group="layer"` ranks the whole
 layer at once instead (the comparison group the paper ablates). Statistics come block by block from the
-sequential calibration (`calibrate.py`), so each block sees the already-pruned blocks before it. The mask is kept by parametrization (`prune/masks.py`): the
-zeros survive fine-tuning, and the model is as large and as fast as before until it is stored sparsely.
+sequential calibration (`calibrate.py`), so each block sees the already-pruned blocks before it. The
+mask is kept by parametrization (`prune/masks.py`): the zeros survive fine-tuning, and the model is as
+large and as fast as before until it is stored sparsely.
 
 Example::
 
