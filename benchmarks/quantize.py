@@ -224,6 +224,12 @@ def llm_rows(args) -> tuple[list[dict], dict]:
         "weight_only int4 g32 asym": WeightOnlyConfig(
             bits=4, group_size=32, symmetric=False, batches=batches
         ),
+        # a decoder's configuration: it runs one token at a time, so it asks for batch 1 only and each
+        # layer keeps the path fastest there (with batches 1/8/32 one layout must serve all three)
+        "weight_only int4 g128 asym (decode)": WeightOnlyConfig(
+            bits=4, group_size=128, symmetric=False, batches=(1,)
+        ),
+        "weight_only int8 g128 (decode)": WeightOnlyConfig(bits=8, group_size=128, batches=(1,)),
     }
     rows = []
     for k, n in shapes:
@@ -252,6 +258,8 @@ def llm_rows(args) -> tuple[list[dict], dict]:
         for batch in batches:
             x = torch.randn(batch, k)
             for label, (layers, prep_s) in variants.items():
+                if label.endswith("(decode)") and batch != 1:
+                    continue
                 path, nbytes = path_bytes(layers[0], batch)
                 read = streaming_read(nbytes, span)
                 with torch.inference_mode():
