@@ -85,3 +85,28 @@ def test_pair_of_models_in_different_dtypes_gets_inputs_cast_per_model():
     half = _mlp(16).to(torch.bfloat16)
     pair = measure_latency_pair(dense, half, torch.randn(2, 32), warmup=0, repeats=2, threads=1)
     assert (pair.a.dtype, pair.b.dtype) == ("float32", "bfloat16")
+
+
+def test_pair_is_timed_in_rounds_on_fresh_copies_and_leaves_the_models_alone():
+    from modelscale.measure.latency import MIN_ROUNDS
+
+    a, b = _mlp(64).train(), _mlp(8)
+    before = [p.detach().clone() for p in a.parameters()]
+    pair = measure_latency_pair(a, b, torch.randn(4, 32), warmup=1, repeats=12, threads=1, time_budget_s=0.3)
+    stats = pair.stats
+    assert stats.rounds >= MIN_ROUNDS and stats.pairs >= max(12, stats.rounds)
+    assert stats.fresh_copies and stats.round_spread is not None
+    assert stats.contention is not None and stats.contention.window_s > 0
+    assert a.training and all(torch.equal(p, q) for p, q in zip(a.parameters(), before))
+
+
+class _NoCopy(nn.Linear):
+    def __deepcopy__(self, memo):
+        raise TypeError("this module cannot be copied")
+
+
+def test_a_model_that_cannot_be_copied_is_timed_as_it_is():
+    pair = measure_latency_pair(
+        _NoCopy(32, 10), _mlp(8), torch.randn(4, 32), warmup=0, repeats=6, threads=1, time_budget_s=0.1
+    )
+    assert not pair.stats.fresh_copies and pair.stats.rounds >= 6

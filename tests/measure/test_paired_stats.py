@@ -97,3 +97,70 @@ def test_load_is_compared_with_the_machine_cores_not_a_pinned_process():
     cores = os.cpu_count() or 1
     stats = pair_stats(a, b, load_before=cores - 0.5, load_after=cores - 0.5)
     assert stats.cores == cores and not any("load" in r for r in stats.reasons)
+
+
+def _rounds(levels: list[float], per_round: int, noise: float = 0.01, seed: int = 0):
+    """Pairs whose ratio sits at exp(level) in each round (a placement / stretch of time), plus noise."""
+    rng = random.Random(seed)
+    a, labels = [], []
+    for r, level in enumerate(levels):
+        for _ in range(per_round):
+            a.append(2.0 * math.exp(level) * (1 + rng.gauss(0, noise)))
+            labels.append(r)
+    return a, [1.0] * len(a), labels
+
+
+def test_rounds_at_different_levels_widen_the_interval_to_cover_them():
+    # the same pairs, once labelled by their rounds and once as one round: only the labelled interval
+    # sees that the rounds disagree (as separate processes would), and it covers every round's level
+    levels = [0.0, 0.06, -0.04, 0.03, -0.05, 0.05]
+    a, b, labels = _rounds(levels, 80)
+    pooled = pair_stats(a, b, cores=2)
+    rounds = pair_stats(a, b, rounds=labels, cores=2)
+    assert rounds.rounds == 6 and pooled.rounds == 1
+    assert rounds.width > 3 * pooled.width
+    assert rounds.round_spread == pytest.approx(0.047, abs=0.01)
+    assert rounds.ci_low < 2.0 * math.exp(-0.02) and rounds.ci_high > 2.0 * math.exp(0.02)
+
+
+def test_rounds_that_agree_keep_the_interval_tight():
+    a, b, labels = _rounds([0.0] * 8, 60)
+    stats = pair_stats(a, b, rounds=labels, cores=2)
+    assert stats.rounds == 8 and stats.width < 0.02 and stats.verdict == "faster"
+
+
+def test_a_shifted_round_is_not_trimmed_as_outliers():
+    # trimming is around each round's own median: a whole round at another level is evidence, not spikes
+    a, b, labels = _rounds([0.0, 0.0, 0.3, 0.0, 0.0, 0.0], 40, noise=0.005)
+    stats = pair_stats(a, b, rounds=labels, cores=2)
+    assert stats.trimmed == 0 and stats.ci_high > 2.0 * math.exp(0.05)
+
+
+def test_fewer_rounds_get_the_small_sample_widening():
+    from modelscale.measure.paired_stats import small_sample_factor, t975
+
+    assert small_sample_factor(1) == 1.0
+    assert small_sample_factor(3) > small_sample_factor(6) > small_sample_factor(30) > 1.0
+    assert t975(4) == pytest.approx(2.776) and t975(200) == pytest.approx(1.972, abs=0.002)
+
+
+def test_a_busy_machine_is_flagged_with_its_reason():
+    from modelscale.measure.contention import Contention
+
+    a, b, labels = _rounds([0.0] * 6, 40)
+    quiet = Contention(
+        window_s=0.5, cores=2, own_share=0.99, others_cores=0.05, steal_cores=0.0, runnable_mean=1.1,
+        runnable_max=2, samples=30,
+    )  # fmt: skip
+    assert not pair_stats(a, b, rounds=labels, cores=2, threads=1, contention=quiet).unstable
+    neighbour = Contention(**{**quiet.to_dict(), "others_cores": 0.97, "runnable_mean": 2.0})
+    stats = pair_stats(a, b, rounds=labels, cores=2, threads=1, contention=neighbour)
+    assert stats.unstable and stats.verdict == "unstable"
+    assert any("no idle core" in r for r in stats.reasons)
+    shared = Contention(**{**quiet.to_dict(), "own_share": 0.6, "runnable_mean": 3.4})
+    reasons = pair_stats(a, b, rounds=labels, cores=2, threads=1, contention=shared).reasons
+    assert any("only 60% of the time" in r for r in reasons)
+    assert any("3.4 runnable tasks" in r and "above its 2 cores" in r for r in reasons)
+    # all cores used by the timing itself: others are not compared with a free core that is not there
+    own = Contention(**{**quiet.to_dict(), "others_cores": 0.3})
+    assert not pair_stats(a, b, rounds=labels, cores=2, threads=2, contention=own).unstable

@@ -5,10 +5,13 @@ CUDA with a pair of `torch.cuda.Event`s and a synchronize (the wall clock would 
 kernel launches). The report records what the number depends on: batch size, CPU threads, device,
 dtype, warm-up and repeat counts. Two models are compared in one process and interleaved
 (a, b, b, a, a, b, ...) so that drifting clocks, caches and neighbours hit both alike; the result
-is the median of the per-pair ratios a_i / b_i with its bootstrap 95% interval, repeated in rounds
-until the interval is narrow enough or the time budget is spent, with the machine's load recorded
-before and after and the measurement flagged unstable where it cannot be trusted
-(`measure.paired_stats`). Threads: `threads=None` keeps torch's current intra-op count (the CLI
+is the median of the per-pair ratios a_i / b_i. The pairs are timed in rounds spread over part of
+the time budget, each round on fresh copies of both models (a new memory placement) with the order
+swapped, so that the conditions of one stretch of time and one placement are not all the evidence:
+the 95% interval is a hierarchical bootstrap over the rounds, and rounds continue until it is narrow
+enough or the time budget is spent. The machine's load is recorded before and after, what else ran
+is watched while timing (`measure.contention`), and the measurement is flagged unstable where it
+cannot be trusted (`measure.paired_stats`). Threads: `threads=None` keeps torch's current intra-op count (the CLI
 passes `--threads`, default 1: one thread per side is what a shared machine can time reproducibly).
 
 Example::
@@ -22,6 +25,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import statistics
 import time
@@ -45,7 +49,14 @@ from modelscale.measure._common import (
     resolve_dtype,
 )
 from modelscale.measure._report import Report
+from modelscale.measure.contention import Contention, ContentionProbe
 from modelscale.measure.paired_stats import TARGET_WIDTH, PairStats, machine_load, pair_stats
+
+MIN_ROUNDS = 6  # a paired timing has at least this many rounds (the bootstrap resamples rounds)
+MAX_ROUNDS = 32
+SPAN_FRACTION = 0.25  # the minimum rounds spread over at least this share of the time budget
+COPY_LIMIT_BYTES = 1 << 30  # both models' tensors above this: rounds reuse the models, no copies
+CHECK_RESAMPLES = 100  # bootstrap resamples of the stopping check (the reported interval uses more)
 
 
 @dataclass
@@ -155,6 +166,32 @@ def _summarize(
     )
 
 
+@dataclass
+class _Timed:
+    """What one timing loop produced: per-model reports and raw samples, and how they were taken."""
+
+    reports: list[LatencyReport]
+    samples: list[list[float]]  # ms, one list per model, repeat i of every model in the same pass
+    threads: int
+    rounds: list[int]  # round of each repeat
+    fresh_copies: bool  # rounds after the first timed fresh copies of the models
+    contention: Contention | None  # the machine meanwhile (CPU timings only)
+
+
+def _model_bytes(models: list[nn.Module]) -> int:
+    return sum(t.numel() * t.element_size() for m in models for t in [*m.parameters(), *m.buffers()])
+
+
+def _copies(models: list[nn.Module], reverse: bool) -> list[nn.Module] | None:
+    """Fresh deep copies (new memory), made in the given order; None when a model cannot be copied."""
+    try:
+        order = range(len(models) - 1, -1, -1) if reverse else range(len(models))
+        made = {i: copy.deepcopy(models[i]) for i in order}
+    except Exception:  # noqa: BLE001 — a module that refuses deepcopy is timed as it is
+        return None
+    return [made[i].eval() for i in range(len(models))]
+
+
 def _time_models(
     models: list[nn.Module],
     inputs: list[Any],
@@ -164,40 +201,81 @@ def _time_models(
     warmup: int,
     repeats: int,
     threads: int | None,
-    enough: Callable[[list[list[float]]], bool] | None = None,
+    enough: Callable[[list[list[float]], list[int]], bool] | None = None,
     time_budget_s: float = 0.0,
     max_repeats: int = 0,
-) -> tuple[list[LatencyReport], list[list[float]], int]:
-    """Reports, raw samples (ms) and the thread count; after `repeats`, rounds continue until
-    `enough(samples)`, `time_budget_s` of timing or `max_repeats` per model."""
+    min_rounds: int = 1,
+    fresh_copies: bool = False,
+) -> _Timed:
+    """Time the models interleaved, in rounds (see `measure_latency_pair`). With `min_rounds` > 1
+    the rounds are sized to spread at least `SPAN_FRACTION` of `time_budget_s`; after `repeats`
+    pairs and `min_rounds` rounds, more rounds follow until `enough(samples, rounds)`, the budget,
+    `max_repeats` per model or `MAX_ROUNDS`."""
     _check_counts(warmup, repeats)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype)
+    max_repeats = max(int(max_repeats), repeats)
     with contextlib.ExitStack() as stack:
         ready = [stack.enter_context(prepared(m, dev, dt)) for m in models]
         args = [inputs_for(m, x, dev, dt) for m, x in zip(ready, inputs)]
         in_effect = stack.enter_context(num_threads(threads))
-        stack.enter_context(torch.inference_mode())
         timer_name, timed = _timer(dev)
-        calls = [lambda m=m, a=a: m(*a) for m, a in zip(ready, args)]
-        for _ in range(warmup):
-            for fn in calls:
-                fn()
+
+        def calls_of(ms: list[nn.Module]) -> list[Callable[[], Any]]:
+            return [lambda m=m, a=a: m(*a) for m, a in zip(ms, args)]
+
+        calls = calls_of(ready)
+        with torch.inference_mode():
+            for _ in range(warmup):
+                for fn in calls:
+                    fn()
+            per_pass = sum(timed(fn) for fn in calls) / 1e3 if min_rounds > 1 else 0.0  # sizes rounds
+        size = least = max(1, math.ceil(repeats / min_rounds))
+        if min_rounds > 1:
+            spread = SPAN_FRACTION * time_budget_s / min_rounds
+            size = max(size, math.ceil(spread / max(per_pass, 1e-6)))
+            size = min(size, max(1, max_repeats // min_rounds))
+        copying = fresh_copies and min_rounds > 1 and _model_bytes(ready) <= COPY_LIMIT_BYTES
+        probe = ContentionProbe().start() if dev.type == "cpu" and min_rounds > 1 else None
         samples: list[list[float]] = [[] for _ in calls]
+        labels: list[int] = []
         order = list(range(len(calls)))
         started = time.perf_counter()
-        target = repeats
-        r = 0
+        r = rnd = 0
         while True:
-            while r < target:
-                for i in order if r % 2 == 0 else order[::-1]:  # a b | b a | a b ...: no fixed position
-                    samples[i].append(timed(calls[i]))
-                r += 1
-            if enough is None or enough(samples):
+            if rnd > 0 and copying:
+                fresh = _copies(ready, reverse=rnd % 2 == 1)
+                copying = fresh is not None
+                if fresh is not None:
+                    calls = calls_of(fresh)  # the previous round's copies are freed after these exist
+            with torch.inference_mode():
+                if rnd > 0 and copying:
+                    for _ in range(min(warmup, 2)):
+                        for fn in calls:
+                            fn()
+                if probe is not None:
+                    probe.sample()
+                # a minimum round ends early, once it holds its share of `repeats`, when the rounds
+                # so far ran past their share of the budget (a slowed machine: the call stays in budget)
+                due = time_budget_s * (rnd + 1) / min_rounds
+                for k in range(min(size, max_repeats - r) if rnd >= min_rounds else size):
+                    if rnd < min_rounds and k >= least and time.perf_counter() - started > due:
+                        break
+                    for i in order if (r + rnd) % 2 == 0 else order[::-1]:  # a b | b a: no fixed position
+                        samples[i].append(timed(calls[i]))
+                    labels.append(rnd)
+                    r += 1
+                    if probe is not None and r % 8 == 0:
+                        probe.sample()
+            rnd += 1
+            if rnd < min_rounds or (r < repeats and r < max_repeats):
+                continue
+            if enough is None or enough(samples, labels):
                 break
-            if time.perf_counter() - started >= time_budget_s or r >= max_repeats:
+            if time.perf_counter() - started >= time_budget_s or r >= max_repeats or rnd >= MAX_ROUNDS:
                 break
-            target = min(max_repeats, r + max(repeats // 2, 10))
+        contention = probe.stop() if probe is not None else None
+        fresh_used = fresh_copies and copying and rnd > 1
     reports = [
         _summarize(
             s,
@@ -211,7 +289,7 @@ def _time_models(
         )
         for s, x, m in zip(samples, inputs, models)
     ]
-    return reports, samples, in_effect
+    return _Timed(reports, samples, in_effect, labels, fresh_used, contention)
 
 
 def measure_latency(
@@ -225,10 +303,10 @@ def measure_latency(
     threads: int | None = None,
 ) -> LatencyReport:
     """Time `model(*example_inputs)` on `device` (a converted copy if the model lives elsewhere)."""
-    (report,), _, _ = _time_models(
+    timing = _time_models(
         [model], [example_inputs], device=device, dtype=dtype, warmup=warmup, repeats=repeats, threads=threads
     )
-    return report
+    return timing.reports[0]
 
 
 def measure_latency_pair(
@@ -248,9 +326,14 @@ def measure_latency_pair(
 ) -> LatencyPair:
     """Time `a` and `b` interleaved in this process; `inputs_b` defaults to the same inputs.
 
-    At least `repeats` pairs; then more, in rounds, until the 95% interval of the ratio is within
-    `target_width` (relative), `time_budget_s` seconds of timing are spent, or `max_repeats` pairs.
-    `speedup` is the robust ratio; `stats` says how far it can be trusted (`measure.paired_stats`)."""
+    The pairs are timed in rounds: at least `MIN_ROUNDS`, sized so that they spread over at least
+    `SPAN_FRACTION` of `time_budget_s` (and hold `repeats` pairs in all); every round after the first
+    times fresh deep copies of both models (a new memory placement; models above `COPY_LIMIT_BYTES`
+    together, or that cannot be copied, are timed as they are), warmed up, the first model swapped.
+    Then more rounds until the 95% interval of the ratio is within `target_width` (relative),
+    `time_budget_s` seconds are spent, `max_repeats` pairs or `MAX_ROUNDS` rounds. On CPU the
+    machine is watched meanwhile (`measure.contention`). `speedup` is the robust ratio; `stats` says
+    how far it can be trusted (`measure.paired_stats`: hierarchical bootstrap over the rounds)."""
     from modelscale.measure.paired_stats import ratio_interval
 
     if not (isinstance(target_width, int | float) and target_width > 0 and math.isfinite(target_width)):
@@ -260,12 +343,12 @@ def measure_latency_pair(
             f"time_budget_s must be a number of seconds in [0, 3600), got {time_budget_s!r}"
         )
 
-    def enough(samples: list[list[float]]) -> bool:
-        ratio, lo, hi, _ = ratio_interval(samples[0], samples[1])
+    def enough(samples: list[list[float]], rounds: list[int]) -> bool:
+        ratio, lo, hi, _ = ratio_interval(samples[0], samples[1], rounds=rounds, resamples=CHECK_RESAMPLES)
         return math.isfinite(ratio) and (hi - lo) / ratio <= target_width
 
     load_before = machine_load()
-    (ra, rb), samples, in_effect = _time_models(
+    timing = _time_models(
         [a, b],
         [example_inputs, example_inputs if inputs_b is None else inputs_b],
         device=device,
@@ -276,13 +359,19 @@ def measure_latency_pair(
         enough=enough,
         time_budget_s=float(time_budget_s),
         max_repeats=max(int(max_repeats), repeats),
+        min_rounds=MIN_ROUNDS,
+        fresh_copies=True,
     )
     stats = pair_stats(
-        samples[0],
-        samples[1],
+        timing.samples[0],
+        timing.samples[1],
+        rounds=timing.rounds,
         load_before=load_before,
         load_after=machine_load(),
-        threads=in_effect,
+        threads=timing.threads,
         target_width=float(target_width),
+        fresh_copies=timing.fresh_copies,
+        contention=timing.contention,
     )
+    ra, rb = timing.reports
     return LatencyPair(a=ra, b=rb, speedup=stats.ratio, stats=stats)

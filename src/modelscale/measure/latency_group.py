@@ -2,10 +2,12 @@
 
 `measure_latency_pair` times two models; comparing execution paths of one model (eager, compiled, an
 ONNX Runtime session) or of two models on each path needs more than two in the same run, so that a
-busy neighbour hits all of them alike. `measure_latency_group` runs every model once per round, the
-order reversed every other round (a b c | c b a | ...), in the same loop as `measure.latency`, and
+busy neighbour hits all of them alike. `measure_latency_group` runs every model once per pass, the
+order reversed every other pass (a b c | c b a | ...), in the same loop as `measure.latency`, and
 gives each requested pair (a, b) the statistics of `measure.paired_stats`: the median of the
-per-round ratios a_i / b_i with its bootstrap 95% interval and the unstable flag. Rounds continue
+per-pass ratios a_i / b_i with its hierarchical bootstrap 95% interval over the rounds the passes
+were timed in (the models are not copied between rounds here: a compiled module or an ONNX Runtime
+session is timed as it is) and the unstable flag, the machine watched meanwhile. Rounds continue
 until every pair's interval is within `target_width`, the time budget is spent, or `max_repeats`.
 
 Example::
@@ -27,7 +29,7 @@ from torch import nn
 
 from modelscale.core.errors import ModelscaleError
 from modelscale.measure._report import Report
-from modelscale.measure.latency import LatencyReport, _time_models
+from modelscale.measure.latency import CHECK_RESAMPLES, MIN_ROUNDS, LatencyReport, _time_models
 from modelscale.measure.paired_stats import TARGET_WIDTH, PairStats, machine_load, pair_stats, ratio_interval
 
 
@@ -62,8 +64,9 @@ def measure_latency_group(
     max_repeats: int = 2000,
 ) -> GroupTiming:
     """Time every model of `models` interleaved; `inputs` maps a name to its own inputs (default
-    `example_inputs`). At least `repeats` rounds, then more until each pair's 95% interval is within
-    `target_width` (relative), `time_budget_s` seconds of timing are spent, or `max_repeats` rounds."""
+    `example_inputs`). At least `repeats` passes in `MIN_ROUNDS` rounds, then more until each pair's
+    95% interval is within `target_width` (relative), `time_budget_s` seconds of timing are spent,
+    or `max_repeats` passes."""
     names = list(models)
     if not names:
         raise ModelscaleError("measure_latency_group needs at least one model")
@@ -79,16 +82,18 @@ def measure_latency_group(
     index = {n: i for i, n in enumerate(names)}
     wanted = [(index[a], index[b]) for a, b in pairs]
 
-    def enough(samples: list[list[float]]) -> bool:
+    def enough(samples: list[list[float]], rounds: list[int]) -> bool:
         for i, j in wanted:
-            ratio, lo, hi, _ = ratio_interval(samples[i], samples[j])
+            ratio, lo, hi, _ = ratio_interval(
+                samples[i], samples[j], rounds=rounds, resamples=CHECK_RESAMPLES
+            )
             if not (math.isfinite(ratio) and (hi - lo) / ratio <= target_width):
                 return False
         return True
 
     own = inputs or {}
     load_before = machine_load()
-    reports, samples, in_effect = _time_models(
+    timing = _time_models(
         [models[n] for n in names],
         [own.get(n, example_inputs) for n in names],
         device=device,
@@ -99,7 +104,9 @@ def measure_latency_group(
         enough=enough if wanted else None,
         time_budget_s=float(time_budget_s),
         max_repeats=max(int(max_repeats), repeats),
+        min_rounds=MIN_ROUNDS,
     )
+    reports, samples = timing.reports, timing.samples
     load_after = machine_load()
     group = GroupTiming(
         names=names,
@@ -111,9 +118,11 @@ def measure_latency_group(
         group.pairs[pair_key(a, b)] = pair_stats(
             samples[i],
             samples[j],
+            rounds=timing.rounds,
             load_before=load_before,
             load_after=load_after,
-            threads=in_effect,
+            threads=timing.threads,
             target_width=float(target_width),
+            contention=timing.contention,
         )
     return group
