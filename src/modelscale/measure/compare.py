@@ -210,8 +210,11 @@ def _notes(cmp: Comparison) -> list[str]:
         load = ""
         if stats is not None and stats.load_before is not None:
             load = f"; load {stats.load_before:.1f} before, {stats.load_after:.1f} after, {stats.cores} cores"
+        rounds = ""
+        if stats is not None and stats.rounds > 1:
+            rounds = f" in {stats.rounds} rounds" + (" on fresh copies" if stats.fresh_copies else "")
         notes.append(
-            f"latency measured interleaved in one process: {lat.repeats} pairs after {lat.warmup} warm-up, "
+            f"latency measured interleaved in one process: {lat.repeats} pairs{rounds} after {lat.warmup} warm-up, "
             f"batch {lat.batch_size}, {lat.threads} thread(s), {lat.device} ({lat.device_name}), {lat.dtype}"
             + load
         )
