@@ -9,7 +9,9 @@ Face `Conv1D`) layers:
    keyword arguments: attention masks, rotary embeddings).
 3. For each block: run it on the kept inputs with hooks that accumulate each targeted layer's input
    statistics (X Xᵀ, Σ x², Σ |x|), let the technique compress the block's layers, run the *compressed*
-   block to get the inputs of the next block, and drop the old ones.
+   block to get the inputs of the next block, and drop the old ones. Padding is not calibration data:
+   when a batch carries a 2-D `attention_mask`, a layer input shaped (batch, tokens, …) adds only the
+   rows of the real tokens to the statistics (a padded batch of sentences can be half padding).
 
 So at any time the process holds one block's inputs (N sequences × T × hidden) plus one block's
 statistics — never the whole model's activations; the record reports the peak it held. Before relying on
@@ -203,12 +205,27 @@ def _eval_no_grad(model: nn.Module) -> Iterator[None]:
             m.train(mode)
 
 
+def token_mask(inputs: Any) -> torch.Tensor | None:
+    """(batch, tokens) bool of the real tokens of a dict batch whose 2-D attention_mask pads some; else None."""
+    mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or bool(mask.bool().all()):
+        return None
+    return mask.bool()
+
+
+def real_rows(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The rows of a layer input that belong to real tokens: x[mask] when x is (batch, tokens, …) of the mask."""
+    if mask is None or x.dim() < 3 or tuple(x.shape[:2]) != tuple(mask.shape):
+        return x
+    return x[mask.to(x.device)]
+
+
 @contextlib.contextmanager
-def _stats_hooks(layers, stats, first_inputs, record_first: list[bool]) -> Iterator[None]:
+def _stats_hooks(layers, stats, first_inputs, record_first: list[bool], mask: list) -> Iterator[None]:
     def make(name):
         def hook(_module, args):
             x = args[0]
-            stats[name].add(x)
+            stats[name].add(real_rows(x, mask[0]))
             if record_first[0] and name not in first_inputs:
                 first_inputs[name] = x  # a strong reference: identities stay unique during the chunk
 
@@ -370,6 +387,12 @@ def run_oneshot(
     )  # fmt: skip
     samples = sum(rows_of(c) for c in chunks)
     summary: dict[str, Any] = {"calibration_samples": samples, "calibration_batches": len(chunks)}
+    masks = [token_mask(c) for c in chunks]
+    padded = sum(int((~m).sum()) for m in masks if m is not None)
+    if padded:
+        total = sum(m.numel() for m in masks if m is not None)
+        summary["padding_tokens_excluded"] = padded
+        notes.append(f"padding left out of the statistics: {padded} of {total} tokens of padded batches")
     peak = [0]
     with _eval_no_grad(model):
         found = find_blocks(model, layers, config.blocks)
@@ -391,10 +414,10 @@ def run_oneshot(
                 if block_layers:
                     stats = _new_stats(block_layers, hessian, device)
                     first: dict[str, torch.Tensor] = {}
-                    flag = [True]
-                    with _stats_hooks(block_layers, stats, first, flag):
+                    flag, mask = [True], [None]
+                    with _stats_hooks(block_layers, stats, first, flag, mask):
                         for j in range(len(chunks)):
-                            flag[0] = j == 0
+                            flag[0], mask[0] = j == 0, masks[j]
                             chain.run(i, j)
                             if j == 0:
                                 first_ids = dict(first)
@@ -460,16 +483,16 @@ def _replay_units(model, layers, chunks):
 def _replay(model, head, module, layers, chunks, hessian, device, compress, notes, peak) -> None:
     stats = _new_stats(layers, hessian, device)
     first: dict[str, torch.Tensor] = {}
-    flag = [True]
+    flag, mask = [True], [None]
 
     def stop(_m, _a, _o):
         raise _Stop
 
     handle = module.register_forward_hook(stop) if module is not None else None
     try:
-        with _stats_hooks(layers, stats, first, flag):
+        with _stats_hooks(layers, stats, first, flag, mask):
             for j, chunk in enumerate(chunks):
-                flag[0] = j == 0
+                flag[0], mask[0] = j == 0, token_mask(chunk)
                 with contextlib.suppress(_Stop):
                     call_model(model, chunk)
                 if j == 0:
