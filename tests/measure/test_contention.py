@@ -33,6 +33,7 @@ def test_other_processes_are_the_busy_time_not_spent_by_this_process():
     )  # fmt: skip
     assert c.others_cores == pytest.approx(0.9) and c.steal_cores == pytest.approx(0.1)
     assert c.own_share == pytest.approx(0.9) and c.runnable_mean == 2.0 and c.runnable_max == 3
+    assert c.runnable_median == 2.0
     quiet = summarize(
         wall_s=1.0, thread_cpu_s=1.0, process_cpu_s=1.02, stat_before=(0, 0, 2), stat_after=(100, 0, 2),
         runnable=[], cores=2,

@@ -153,14 +153,15 @@ def test_a_busy_machine_is_flagged_with_its_reason():
         runnable_max=2, samples=30,
     )  # fmt: skip
     assert not pair_stats(a, b, rounds=labels, cores=2, threads=1, contention=quiet).unstable
-    neighbour = Contention(**{**quiet.to_dict(), "others_cores": 0.97, "runnable_mean": 2.0})
+    neighbour = Contention(**{**quiet.to_dict(), "others_cores": 0.97, "runnable_median": 2.0})
     stats = pair_stats(a, b, rounds=labels, cores=2, threads=1, contention=neighbour)
     assert stats.unstable and stats.verdict == "unstable"
-    assert any("no idle core" in r for r in stats.reasons)
-    shared = Contention(**{**quiet.to_dict(), "own_share": 0.6, "runnable_mean": 3.4})
+    assert any("1.0 of the 1 core(s)" in r and "left free" in r for r in stats.reasons)
+    assert not any("runnable" in r for r in stats.reasons)  # 2 runnable on 2 cores is not above them
+    shared = Contention(**{**quiet.to_dict(), "own_share": 0.6, "runnable_median": 3.0})
     reasons = pair_stats(a, b, rounds=labels, cores=2, threads=1, contention=shared).reasons
     assert any("only 60% of the time" in r for r in reasons)
-    assert any("3.4 runnable tasks" in r and "above its 2 cores" in r for r in reasons)
+    assert any("3 runnable tasks" in r and "above its 2 cores" in r for r in reasons)
     # all cores used by the timing itself: others are not compared with a free core that is not there
     own = Contention(**{**quiet.to_dict(), "others_cores": 0.3})
     assert not pair_stats(a, b, rounds=labels, cores=2, threads=2, contention=own).unstable

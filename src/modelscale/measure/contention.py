@@ -9,7 +9,8 @@ agrees with the shift. So the timing loop watches the machine itself, from Linux
 - **other processes' CPU use**, in cores: the busy time of all CPUs (`/proc/stat`: user, nice, system,
   irq, softirq) minus this process's own CPU time, over the wall time of the window.
 - **runnable tasks**: `procs_running` of `/proc/loadavg` (this process included), sampled during the
-  timing — the load at that moment, where the 1-minute load average lags by a minute.
+  timing — the load at that moment, where the 1-minute load average lags by a minute (the flag reads
+  the median of the samples, so a kernel thread passing at one sample does not decide it).
 
 `paired_stats.contention_reasons` turns these into flags. Where the counters do not exist (not Linux)
 every figure is None and nothing is flagged from them.
@@ -27,6 +28,7 @@ Example::
 from __future__ import annotations
 
 import os
+import statistics
 import time
 from dataclasses import dataclass
 
@@ -47,6 +49,7 @@ class Contention(Report):
     steal_cores: float | None  # CPU time the hypervisor gave to other guests, in cores
     runnable_mean: float | None  # mean of the sampled runnable-task counts (this process included)
     runnable_max: int | None
+    runnable_median: float | None = None  # what the flag reads: a passing kernel thread does not move it
     samples: int = 0  # runnable-task samples taken
 
 
@@ -106,6 +109,7 @@ def summarize(
         steal_cores=steal,
         runnable_mean=sum(runnable) / len(runnable) if runnable else None,
         runnable_max=max(runnable) if runnable else None,
+        runnable_median=float(statistics.median(runnable)) if runnable else None,
         samples=len(runnable),
     )
 
