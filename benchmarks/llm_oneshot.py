@@ -18,7 +18,8 @@ asymmetric, same group size); magnitude 2:4 is `semistructured_24`.
 
 Wanda vs magnitude: Wanda's edge in LLMs comes from a few input features whose activation norm is far
 above the rest (outlier features); the table records, per model, the spread max/median of ‖X_j‖₂ over
-the input features of each pruned layer, so a Wanda ≈ magnitude row can be read against it.
+the input features of each pruned layer, so a Wanda ≈ magnitude row can be read against it
+(`wanda_vs_magnitude.py` breaks this down per layer).
 
 Peer: Intel Neural Compressor 3.x (`neural-compressor-pt`), weight-only RTN / GPTQ (act-order) / AWQ
 through its `prepare` → calibration → `convert` API on the same plain modules, same calibration inputs,
@@ -177,14 +178,18 @@ def run_one(
 
 
 def activation_spread(model: Any, calibration: list[Any], head: str | None) -> dict[str, float]:
-    """Per targeted layer of the dense model: max / median over input features of ‖X_j‖₂ (all tokens)."""
+    """Per targeted layer of the dense model: max / median over input features of ‖X_j‖₂ (real tokens:
+    padding left out, as in the calibration statistics)."""
+    from modelscale.techniques.oneshot.calibrate import real_rows, token_mask
     from modelscale.techniques.oneshot.sources import call_model, model_inputs
 
     sq: dict[str, torch.Tensor] = {}
+    mask: list[Any] = [None]
 
     def hook(name: str):
         def fn(_module: Any, args: Any, _out: Any) -> None:
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+            x = real_rows(args[0].detach(), mask[0])
+            x = x.reshape(-1, x.shape[-1]).double()
             sq[name] = sq.get(name, 0) + x.pow(2).sum(0)
 
         return fn
@@ -197,6 +202,7 @@ def activation_spread(model: Any, calibration: list[Any], head: str | None) -> d
     try:
         with torch.no_grad():
             for batch in calibration:
+                mask[0] = token_mask(model_inputs(batch))
                 call_model(model, model_inputs(batch))
     finally:
         for h in handles:
