@@ -113,3 +113,14 @@ def test_dead_inputs_and_pruning_invariants():
     assert (out.weight[~out.keep] == 0).all()
     un = obs_compress(w, h, sparsity=0.5, block_size=8)
     assert int((~un.keep).sum()) == w.numel() // 2
+
+
+def test_damping_is_added_in_place_and_taken_back():
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(64, 24, generator=g, dtype=torch.float64)
+    h = x.t() @ x
+    before = h.clone()
+    upper, lam, used = inverse_cholesky(h, 0.01)
+    assert torch.equal(h, before)  # the caller's Hessian is unchanged
+    damped = before + lam * torch.diagonal(before).mean() * torch.eye(24, dtype=torch.float64)
+    assert torch.allclose(upper.t() @ upper, torch.linalg.inv(damped), rtol=1e-9, atol=1e-12)

@@ -116,7 +116,7 @@ def quantize_unit(
         out = obs_compress(
             weight_matrix(module), h, quant=spec, keep=keep,
             act_order=config.for_layer(name, "act_order"), block_size=config.block_size,
-            damp=config.for_layer(name, "damp"),
+            damp=config.for_layer(name, "damp"), own=hessians is None,  # hessian() is a fresh tensor
         )  # fmt: skip
         layer = quantized_layer(
             module, out.codes, out.scale, out.zero, bits=spec.bits, group_size=spec.group_size,

@@ -110,25 +110,37 @@ class QuantSpec:
 
 # --- Hessian inverse with damping retries --------------------------------------------------------------
 def inverse_cholesky(
-    h: torch.Tensor, damp: float, *, retries: int = 3
+    h: torch.Tensor, damp: float, *, retries: int = 3, consume: bool = False
 ) -> tuple[torch.Tensor | None, float, int]:
     """Upper Cholesky factor of (H + λ·mean(diag H)·I)⁻¹, λ = damp, ×10 on each failed try.
 
-    Returns (U or None if every try failed, the last λ tried, the number of retries used).
+    Returns (U or None if every try failed, the last λ tried, the number of retries used). The damping
+    is added to H's diagonal in place and taken back (H is unchanged afterwards) unless `consume`, when
+    the caller gives H up; no identity matrix and at most two n × n temporaries besides H (a 25088-wide
+    VGG layer: 2.5 GB each in float32).
     """
-    mean_diag = float(torch.diagonal(h).mean())
-    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    diag = torch.diagonal(h)
+    original = diag.clone()
+    mean_diag = float(original.mean())
     lam = damp
-    for attempt in range(retries + 1):
-        if attempt:
-            lam *= 10.0
-        lower, info = torch.linalg.cholesky_ex(h + (lam * mean_diag) * eye)
-        if int(info) == 0:
+    try:
+        for attempt in range(retries + 1):
+            if attempt:
+                lam *= 10.0
+            diag.copy_(original + lam * mean_diag)
+            lower, info = torch.linalg.cholesky_ex(h)
+            if int(info) != 0:
+                continue
             hinv = torch.cholesky_inverse(lower)
+            del lower
             upper, info = torch.linalg.cholesky_ex(hinv, upper=True)
+            del hinv
             if int(info) == 0 and bool(torch.isfinite(upper).all()):
                 return upper, lam, attempt
-    return None, lam, retries
+        return None, lam, retries
+    finally:
+        if not consume:
+            diag.copy_(original)
 
 
 @dataclass
@@ -203,6 +215,7 @@ def obs_compress(
     block_size: int = 128,
     damp: float = 0.01,
     retries: int = 3,
+    own: bool = False,
 ) -> ObsResult:
     """Quantize and/or prune one (out × in) weight `w` given its Hessian `h` (in × in).
 
@@ -211,9 +224,10 @@ def obs_compress(
     existing mask to respect (masked weights stay zero). `act_order` visits columns by decreasing
     diag(H); its quantization groups keep the stored (contiguous) layout, so their scales are taken
     from the weights before any update ("static groups"). Works in `w`'s dtype (float32 or float64).
+    `own`: `h` is the caller's to give up (a fresh Hessian): it is modified instead of copied.
     """
     w = w.clone()
-    h = h.to(w.dtype).clone()
+    h = h.to(w.dtype) if own else h.to(w.dtype).clone()
     rows, cols = w.shape
     dtype = w.dtype
     dead = torch.diagonal(h) == 0
@@ -227,7 +241,8 @@ def obs_compress(
     if perm is not None:
         w, h = w[:, perm], h[perm][:, perm]
         keep = keep[:, perm] if keep is not None else None
-    upper, lam, used = inverse_cholesky(h, damp, retries=retries)
+    upper, lam, used = inverse_cholesky(h, damp, retries=retries, consume=True)  # h: our own copy
+    del h
     if upper is None:
         if perm is not None:
             inv = torch.argsort(perm)

@@ -116,6 +116,7 @@ def sparsegpt(model: nn.Module, config: SparseGPTConfig, ctx: ApplyContext) -> C
             out = obs_compress(
                 w, unit.stats[name].hessian(), quant=spec, sparsity=config.for_layer(name, "sparsity") if n_m is None else 0.0,
                 n_m=n_m, keep=existing_keep(module), block_size=config.block_size, damp=config.for_layer(name, "damp"),
+                own=True,  # hessian() is a fresh tensor
             )  # fmt: skip
             retries += out.retries
             fallback += out.fallback
