@@ -15,7 +15,8 @@ is 21 bytes per 32 weights (6.1x smaller than fp32).
 Execution (kernel="auto", the default): each Linear is prepared once, at apply/load time, for the
 paths in `kernels.py` — ATen's packed `_weight_int8pack_mm` (int8, any group size, per group) and
 `_weight_int4pack_mm_for_cpu` (int4, g in 32/64/128/256) with bf16 (fp16 where fast, fp32) activations,
-tinygemm `_weight_int4pack_mm` on CUDA, a float copy of the dequantized weight, or dequantize-per-call
+our AVX-512 VNNI GEMV with 16-bit activations (`native_gemv.py`, int8/int4, groups of 64·k), tinygemm
+`_weight_int4pack_mm` on CUDA, a float copy of the dequantized weight, or dequantize-per-call
 (the fallback) — and `kernel_choice.py` times them against the float op on the layer's own shape at each
 of `batches` rows, paired and interleaved, cached by shape, rows, dtype, device and threads. A call uses
 the fastest path measured for the nearest row count; with prefer="speed" a layer is never left slower
