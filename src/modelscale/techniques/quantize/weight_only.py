@@ -421,13 +421,11 @@ class WeightOnlyLayer(QuantizedLayer):
                 conv = layout.tensors.get("conv_args")
                 return F.linear(x, weight, bias) if conv is None else F.conv2d(x, weight, bias, *conv)
             return self.float_forward(x, weight.to(x.dtype))
+        f32 = x.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32)
         if (
-            layout is not None
-            and path.layout in NATIVE
-            and x.dtype == torch.float32
-            and (bias is None or bias.dtype == torch.float32)
-        ):
-            return layout.run_native(x, bias)  # one call: no reshape, cast or bias op around it
+            layout is not None and f32 and path.layout in NATIVE
+        ):  # one call: no reshape, cast or bias op around it
+            return layout.run_native(x, bias)
         if layout is not None and x.is_floating_point():
             lead = x.shape[:-1]
             y = layout.run(x.reshape(-1, self.in_features).contiguous(), path.dtype).to(x.dtype)
