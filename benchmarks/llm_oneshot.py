@@ -180,7 +180,7 @@ def run_one(
 def activation_spread(model: Any, calibration: list[Any], head: str | None) -> dict[str, float]:
     """Per targeted layer of the dense model: max / median over input features of ‖X_j‖₂ (real tokens:
     padding left out, as in the calibration statistics)."""
-    from modelscale.techniques.oneshot.calibrate import real_rows, token_mask
+    from modelscale.techniques.oneshot.layer_stats import real_rows, token_mask
     from modelscale.techniques.oneshot.sources import call_model, model_inputs
 
     sq: dict[str, torch.Tensor] = {}

@@ -60,7 +60,7 @@ def with_target(config: dict[str, Any], head: str | None, only: str | None = Non
 
 def input_second_moments(model: nn.Module, calib: list[Any], layers: list[str]) -> dict[str, torch.Tensor]:
     """E[x xᵀ] (float64) of each layer's input on the dense model, real tokens only."""
-    from modelscale.techniques.oneshot.calibrate import real_rows, token_mask
+    from modelscale.techniques.oneshot.layer_stats import real_rows, token_mask
     from modelscale.techniques.oneshot.sources import call_model, model_inputs
 
     acc: dict[str, list] = {n: [0, 0] for n in layers}

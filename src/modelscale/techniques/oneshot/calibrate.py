@@ -41,8 +41,9 @@ from torch import nn
 from modelscale.core.config import TechniqueConfig, check_range, param
 from modelscale.core.errors import ModelscaleError
 from modelscale.core.select import Target, select_modules
+from modelscale.techniques.oneshot.layer_stats import layer_ran, new_stats, stats_hooks, token_mask
 from modelscale.techniques.oneshot.obs import HessianStats
-from modelscale.techniques.oneshot.packed import is_conv1d, layer_features
+from modelscale.techniques.oneshot.packed import is_conv1d
 from modelscale.techniques.oneshot.sources import calibration_chunks, call_model, rows_of
 from modelscale.techniques.quantize.common import QuantizedLayer
 
@@ -205,56 +206,6 @@ def _eval_no_grad(model: nn.Module) -> Iterator[None]:
             m.train(mode)
 
 
-def token_mask(inputs: Any) -> torch.Tensor | None:
-    """(batch, tokens) bool of the real tokens of a dict batch whose 2-D attention_mask pads some; else None."""
-    mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
-    if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or bool(mask.bool().all()):
-        return None
-    return mask.bool()
-
-
-def real_rows(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """The rows of a layer input that belong to real tokens: x[mask] when x is (batch, tokens, …) of the mask."""
-    if mask is None or x.dim() < 3 or tuple(x.shape[:2]) != tuple(mask.shape):
-        return x
-    return x[mask.to(x.device)]
-
-
-@contextlib.contextmanager
-def _stats_hooks(layers, stats, first_inputs, record_first: list[bool], mask: list) -> Iterator[None]:
-    def make(name):
-        def hook(_module, args):
-            x = args[0]
-            stats[name].add(real_rows(x, mask[0]))
-            if record_first[0] and name not in first_inputs:
-                first_inputs[name] = x  # a strong reference: identities stay unique during the chunk
-
-        return hook
-
-    handles = [module.register_forward_pre_hook(make(name)) for name, module in layers]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def _new_stats(layers, hessian: bool, device) -> dict[str, HessianStats]:
-    return {name: HessianStats(layer_features(m)[1], hessian=hessian, device=device) for name, m in layers}
-
-
-def _ran(layers, stats, notes) -> list[tuple[str, nn.Module]]:
-    kept = []
-    for name, module in layers:
-        if stats[name].rows:
-            kept.append((name, module))
-        else:
-            notes.append(
-                f"{name}: never ran during calibration (its parent may read .weight directly), left as is"
-            )
-    return kept
-
-
 class _Chain:
     """Block inputs for chain mode: captured once, then replaced by each compressed block's outputs."""
 
@@ -412,10 +363,10 @@ def run_oneshot(
             summary["all_blocks_input_bytes"] = block_bytes * len(per_block)
             for i, head, block, block_layers in per_block:
                 if block_layers:
-                    stats = _new_stats(block_layers, hessian, device)
+                    stats = new_stats(block_layers, hessian, device)
                     first: dict[str, torch.Tensor] = {}
                     flag, mask = [True], [None]
-                    with _stats_hooks(block_layers, stats, first, flag, mask):
+                    with stats_hooks(block_layers, stats, first, flag, mask):
                         for j in range(len(chunks)):
                             flag[0], mask[0] = j == 0, masks[j]
                             chain.run(i, j)
@@ -423,7 +374,7 @@ def run_oneshot(
                                 first_ids = dict(first)
                     first.clear()
                     peak[0] = max(peak[0], chain.held_bytes() + sum(s.bytes() for s in stats.values()))
-                    ran = _ran(block_layers, stats, notes)
+                    ran = layer_ran(block_layers, stats, notes)
                     if ran:
                         compress(Unit(head, block, ran, stats, lambda i=i: chain.run(i, 0), first_ids))
                     del stats, first_ids
@@ -481,7 +432,7 @@ def _replay_units(model, layers, chunks):
 
 
 def _replay(model, head, module, layers, chunks, hessian, device, compress, notes, peak) -> None:
-    stats = _new_stats(layers, hessian, device)
+    stats = new_stats(layers, hessian, device)
     first: dict[str, torch.Tensor] = {}
     flag, mask = [True], [None]
 
@@ -490,7 +441,7 @@ def _replay(model, head, module, layers, chunks, hessian, device, compress, note
 
     handle = module.register_forward_hook(stop) if module is not None else None
     try:
-        with _stats_hooks(layers, stats, first, flag, mask):
+        with stats_hooks(layers, stats, first, flag, mask):
             for j, chunk in enumerate(chunks):
                 flag[0], mask[0] = j == 0, token_mask(chunk)
                 with contextlib.suppress(_Stop):
@@ -502,7 +453,7 @@ def _replay(model, head, module, layers, chunks, hessian, device, compress, note
         if handle is not None:
             handle.remove()
     peak[0] = max(peak[0], sum(s.bytes() for s in stats.values()))
-    ran = _ran(layers, stats, notes)
+    ran = layer_ran(layers, stats, notes)
     if ran:
         compress(
             Unit(head, module, ran, stats, lambda: first_tensor(call_model(model, chunks[0])), first_ids)
