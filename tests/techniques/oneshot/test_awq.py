@@ -9,7 +9,8 @@ from torch import nn
 
 from modelscale import apply, load_compressed, save_compressed
 from modelscale.core.errors import ModelscaleError
-from modelscale.techniques.oneshot.awq import AWQConfig, _rtn, clip_rtn, weight_magnitude
+from modelscale.techniques.oneshot.awq import AWQConfig, weight_magnitude
+from modelscale.techniques.oneshot.awq_clip import clip_rtn, rtn
 from modelscale.techniques.oneshot.packed import InputScaled
 from tests.techniques.oneshot.conftest import output_error, tiny_gpt, windows
 
@@ -109,7 +110,7 @@ def test_clipping_is_never_worse_than_none_and_separate_ends_never_worse_than_on
     h = 2 * x.t() @ x / 512
 
     def err(config, clipped):
-        d = _rtn(clipped, config) - w
+        d = rtn(clipped, config) - w
         return float(((d @ h) * d).sum())
 
     shared = AWQConfig(bits=3, group_size=32, clip_separate=False)
@@ -154,3 +155,15 @@ def test_gptq_after_the_scales_runs_on_the_scaled_hessian_and_beats_rtn(stdlib_b
     result = apply(model, AWQConfig(bits=3, group_size=32, grid=8, quantizer="gptq"), calibration=[calib])
     assert all("obs_loss" in r and "awq_alpha" in r for r in result.record.layers)
     assert output_error(model, result.model, held_out) < output_error(model, rtn, held_out)
+
+
+def test_large_groups_clip_once_after_alpha_and_still_beat_rtn(gpt_awq, stdlib_bytes):
+    """clip_joint_limit=0 sends every group to the staged search (AutoAWQ's order), recorded per layer."""
+    model, joint = gpt_awq
+    assert {r["awq_clip_search"] for r in joint.record.layers} == {"joint"}
+    calib = windows(stdlib_bytes, 32, 32, seed=1)
+    staged = apply(model, AWQConfig(bits=3, group_size=32, grid=10, clip_joint_limit=0), calibration=[calib])
+    assert {r["awq_clip_search"] for r in staged.record.layers} == {"after"}
+    held_out = windows(stdlib_bytes, 16, 32, seed=7)
+    plain = apply(model, _rtn3(), calibration=[calib]).model
+    assert output_error(model, staged.model, held_out) < 0.8 * output_error(model, plain, held_out)

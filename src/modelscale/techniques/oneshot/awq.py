@@ -17,7 +17,9 @@ output of the module holding the group), with every layer searched earlier in th
 s = 1 is always a candidate, so the choice is never worse than rounding without scales on its objective.
 Q(clip(·)) is the rounding actually stored: round-to-nearest after a per-(row, group) clipping search
 (`clip`: the range r·[min, max], r on a grid down to 1 − clip_range, chosen by the group's output error
-through diag(s)⁻¹ H diag(s)⁻¹), so α and clipping are searched together. Where possible diag(s)⁻¹ is
+through diag(s)⁻¹ H diag(s)⁻¹), so α and clipping are searched together (groups of more than
+`clip_joint_limit` weights, as in AutoAWQ, choose α on unclipped rounding and clip once after: the joint
+search costs minutes on a 25088-wide layer; the record's `awq_clip_search` says which). Where possible diag(s)⁻¹ is
 *folded* into the op that produces X — a LayerNorm / RMSNorm's weight and bias, or the rows of a Linear
 whose output reaches X linearly (v_proj → out_proj, up_proj → down_proj) — and a fold is accepted only if
 the block's output is unchanged on a calibration batch (so a LayerNorm whose output also feeds a residual
@@ -36,7 +38,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
 import torch
@@ -45,6 +47,7 @@ from torch import nn
 from modelscale.core.apply import ApplyContext, ChangeRecord
 from modelscale.core.config import check_range, param
 from modelscale.core.registry import register
+from modelscale.techniques.oneshot.awq_clip import clip_rtn, output_error, rtn
 from modelscale.techniques.oneshot.calibrate import OneShotConfig, Unit, run_oneshot
 from modelscale.techniques.oneshot.gptq import (
     check_obs_fields,
@@ -64,7 +67,6 @@ from modelscale.techniques.oneshot.packed import (
 )
 from modelscale.techniques.quantize.common import (
     SCALE_DTYPES,
-    dequantize_groups,
     group_layout,
     quantize_groups,
     replace_module,
@@ -92,6 +94,10 @@ class AWQConfig(OneShotConfig):
     clip_separate: bool = param(
         True, "asymmetric codes: then refine the group's min and max ratios separately"
     )
+    clip_joint_limit: int = param(
+        4_000_000,
+        "groups of at most this many weights search clipping at every α; larger ones once after α",
+    )
     objective: Literal["block", "layers"] = param(
         "block", "score each α by the block's output error, or by the summed per-layer output errors"
     )
@@ -118,20 +124,8 @@ class AWQConfig(OneShotConfig):
         check_range("grid", self.grid, 1)
         check_range("clip_grid", self.clip_grid, 1)
         check_range("clip_range", self.clip_range, 0.0, 0.95)
+        check_range("clip_joint_limit", self.clip_joint_limit, 0)
         check_obs_fields(self.damp, self.block_size)
-
-
-def _rtn(w: torch.Tensor, config: AWQConfig) -> torch.Tensor:
-    q, s, z = quantize_groups(
-        w, bits=config.bits, group_size=config.group_size, symmetric=config.symmetric,
-        scale_dtype=SCALE_DTYPES[config.scale_dtype],
-    )  # fmt: skip
-    return dequantize_groups(q, s, z, group_size=group_layout(w.shape[1], config.group_size)[0])
-
-
-def _output_error(d: torch.Tensor, h: torch.Tensor) -> float:
-    """Σ_rows d H dᵀ: the layer output error ‖d X‖² up to the constant n/2."""
-    return float(((d @ h) * d).sum())
 
 
 def channel_scale(s_x: torch.Tensor, alpha: float, s_w: torch.Tensor | None = None) -> torch.Tensor:
@@ -168,7 +162,7 @@ def scaled_weight(w: torch.Tensor, h: torch.Tensor, s: torch.Tensor, config: AWQ
 
 def fake_quantized(w: torch.Tensor, h: torch.Tensor, s: torch.Tensor, config: AWQConfig) -> torch.Tensor:
     """The weight the quantized layer computes with, seen from its unscaled input: Q(clip(W·s)) / s."""
-    return _rtn(scaled_weight(w, h, s, config), config) / s
+    return rtn(scaled_weight(w, h, s, config), config) / s
 
 
 def candidate_scales(members, originals, stats, config: AWQConfig):
@@ -180,14 +174,27 @@ def candidate_scales(members, originals, stats, config: AWQConfig):
         yield k / config.grid, channel_scale(s_x, k / config.grid, s_w)
 
 
+def clip_search(members, originals, config: AWQConfig) -> str:
+    """ "joint" (clipping searched at every α), "after" (once, after α: AutoAWQ's order) or "off".
+
+    A clipping search costs `clip_grid` (×3 with `clip_separate`) roundings and output errors of the whole
+    weight; at every one of `grid` α values that is minutes on a 25088-wide layer, so groups of more than
+    `clip_joint_limit` weights choose α on unclipped rounding and clip once for the chosen α."""
+    if not config.clip:
+        return "off"
+    return "joint" if sum(originals[n].numel() for n, _ in members) <= config.clip_joint_limit else "after"
+
+
 def search_alpha(
     members, originals, stats, config: AWQConfig, score
 ) -> tuple[float, torch.Tensor, float, float]:
     """(α, s, error at α, error at α = 0): the grid point whose rounded weights Q(clip(W·s))/s score lowest.
 
     `score` maps {name: rounded weight} to an error; α = 0 is always tried, so the choice is never worse
-    than plain round-to-nearest (with clipping) on that error."""
+    than plain round-to-nearest (with clipping when it is searched jointly) on that error."""
     hs = {n: stats[n].hessian() for n, _ in members}
+    if clip_search(members, originals, config) == "after":
+        config = replace(config, clip=False)
     best, base = None, 0.0
     for alpha, s in candidate_scales(members, originals, stats, config):
         fakes = {n: fake_quantized(originals[n], hs[n], s, config) for n, _ in members}
@@ -201,7 +208,7 @@ def search_alpha(
 
 def layers_score(originals, stats):
     """Σ_layers ‖(W' − W) X‖² through each layer's Hessian (objective="layers")."""
-    return lambda fakes: sum(_output_error(w - originals[n], stats[n].hessian()) for n, w in fakes.items())
+    return lambda fakes: sum(output_error(w - originals[n], stats[n].hessian()) for n, w in fakes.items())
 
 
 def block_score(unit: Unit, members, reference: torch.Tensor):
@@ -214,48 +221,6 @@ def block_score(unit: Unit, members, reference: torch.Tensor):
         return float((unit.probe() - reference).double().pow(2).sum())
 
     return score
-
-
-def clip_rtn(w: torch.Tensor, h: torch.Tensor, config: AWQConfig) -> torch.Tensor:
-    """Clip each (row, group) to [r_lo·min, r_hi·max], r from 1 down to 1 − clip_range, chosen by its output error.
-
-    One ratio r_lo = r_hi first (`clip_grid` values); with `clip_separate` (asymmetric codes) the low end,
-    then the high end, is searched again with the other end held at its best: never worse than one ratio."""
-    rows, cols = w.shape
-    group, groups = group_layout(cols, config.group_size)
-    if groups * group != cols:
-        return w
-    wg = w.view(rows, groups, group)
-    hg = torch.stack([h[g * group : (g + 1) * group, g * group : (g + 1) * group] for g in range(groups)])
-    lo = wg.amin(-1, keepdim=True).clamp(max=0)
-    hi = wg.amax(-1, keepdim=True).clamp(min=0)
-    if config.symmetric:
-        hi = torch.maximum(hi, -lo)
-        lo = -hi
-    ratios = [1.0 - config.clip_range * k / max(config.clip_grid - 1, 1) for k in range(config.clip_grid)]
-    best_err = torch.full((rows, groups, 1), float("inf"))
-    best = wg.clone()
-    best_lo, best_hi = torch.ones_like(lo), torch.ones_like(hi)
-
-    def trial(r_lo, r_hi) -> torch.Tensor:
-        nonlocal best_err, best
-        clipped = torch.maximum(torch.minimum(wg, hi * r_hi), lo * r_lo)
-        d = _rtn(clipped.reshape(rows, cols), config).view(rows, groups, group) - wg
-        err = torch.einsum("rgi,gij,rgj->rg", d, hg, d)[..., None]
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best = torch.where(better, clipped, best)
-        return better
-
-    for r in ratios:
-        better = trial(r, r)
-        best_lo, best_hi = torch.where(better, r, best_lo), torch.where(better, r, best_hi)
-    if config.clip_separate and not config.symmetric:
-        for r in ratios:
-            best_lo = torch.where(trial(r, best_hi), r, best_lo)
-        for r in ratios:
-            best_hi = torch.where(trial(best_lo, r), r, best_hi)
-    return best.reshape(rows, cols)
 
 
 def _shared_input_groups(unit: Unit) -> list[list[tuple[str, nn.Module]]]:
@@ -369,8 +334,12 @@ def find_fold(unit: Unit, group, candidates, reference: torch.Tensor):
     return found
 
 
-def _choose_scales(unit: Unit, groups, folds, reference, config: AWQConfig) -> dict[str, tuple]:
-    """Search α for every group (or layer); returns name -> (s, info). Leaves the original weights in place."""
+def _choose_scales(
+    unit: Unit, groups, folds, reference, config: AWQConfig, clipped: dict
+) -> dict[str, tuple]:
+    """Search α for every group (or layer); returns name -> (s, info, fold). Leaves the original weights in place.
+
+    `clipped` gets name -> (W·s, its clipped version) of the chosen rounding (objective="block")."""
     originals = {n: weight_matrix(m) for n, m in unit.layers}
     chosen: dict[str, tuple] = {}
     try:
@@ -383,16 +352,18 @@ def _choose_scales(unit: Unit, groups, folds, reference, config: AWQConfig) -> d
                     score = layers_score(originals, unit.stats)
                 alpha, s, err, base = search_alpha(members, originals, unit.stats, config, score)
                 if config.objective == "block":  # keep the chosen rounding: later searches see it
-                    score(
-                        {
-                            n: fake_quantized(originals[n], unit.stats[n].hessian(), s, config)
-                            for n, _ in members
-                        }
-                    )
+                    fakes = {}
+                    for n, _ in members:
+                        ws = originals[n] * s
+                        cut = scaled_weight(originals[n], unit.stats[n].hessian(), s, config)
+                        clipped[n] = (ws, cut)  # the final rounding reuses it if its weight is unchanged
+                        fakes[n] = rtn(cut, config) / s
+                    score(fakes)
                 info = {
                     "awq_alpha": alpha,
                     "awq_error_ratio": err / base if base else 1.0,
                     "awq_objective": config.objective,
+                    "awq_clip_search": clip_search(members, originals, config),
                     "folded_into": fold[0] if fold is not None and alpha > 0 else None,
                 }
                 for n, _ in members:
@@ -426,7 +397,8 @@ def awq(model: nn.Module, config: AWQConfig, ctx: ApplyContext) -> ChangeRecord:
             x = xs[group[0][0]][0] if traced and xs[group[0][0]] else None
             cands = _candidates(unit, group, outputs, order, x) if x is not None else []
             folds.append(find_fold(unit, group, cands, reference) if cands else None)
-        scales = _choose_scales(unit, groups, folds, reference, config)
+        clipped: dict[str, tuple] = {}
+        scales = _choose_scales(unit, groups, folds, reference, config, clipped)
         # folds first (on float weights; a producer that is itself quantized later is rounded with its
         # rows already divided by s, which RTN per row commutes with), then every scaled weight
         done: set[int] = set()
@@ -450,7 +422,9 @@ def awq(model: nn.Module, config: AWQConfig, ctx: ApplyContext) -> ChangeRecord:
             for name, module in unit.layers:
                 w = weight_matrix(module)
                 if config.clip:
-                    w = clip_rtn(w, hessians[name], config)
+                    seen = clipped.pop(name, None)
+                    same = seen is not None and torch.equal(seen[0], w)
+                    w = seen[1] if same else clip_rtn(w, hessians[name], config)
                 q, sc, z = quantize_groups(
                     w, bits=config.bits, group_size=config.group_size, symmetric=config.symmetric,
                     scale_dtype=SCALE_DTYPES[config.scale_dtype],
