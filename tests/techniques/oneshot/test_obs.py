@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modelscale.techniques.oneshot.obs import QuantSpec, inverse_cholesky, obs_compress
+from modelscale.techniques.oneshot.obs import (
+    QuantSpec,
+    inverse_cholesky,
+    obs_compress,
+    upper_factor_of_inverse,
+)
 from modelscale.techniques.quantize.common import dequantize_groups, quantize_groups
 
 
@@ -124,3 +129,20 @@ def test_damping_is_added_in_place_and_taken_back():
     assert torch.equal(h, before)  # the caller's Hessian is unchanged
     damped = before + lam * torch.diagonal(before).mean() * torch.eye(24, dtype=torch.float64)
     assert torch.allclose(upper.t() @ upper, torch.linalg.inv(damped), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_one_cholesky_in_reversed_order_gives_the_upper_factor_of_the_inverse(dtype):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(300, 96, generator=g, dtype=torch.float64)
+    h = (x.t() @ x / 300 + 0.05 * torch.eye(96, dtype=torch.float64)).to(dtype)
+    upper = upper_factor_of_inverse(h)
+    assert (
+        upper.dtype == dtype and torch.equal(upper, torch.triu(upper)) and (torch.diagonal(upper) > 0).all()
+    )
+    reference = torch.linalg.cholesky(torch.linalg.inv(h.double()), upper=True)
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    assert torch.allclose(upper.double(), reference, rtol=tol, atol=tol * float(reference.abs().max()))
+    not_definite = h.clone()
+    not_definite[5, 5] = -1.0
+    assert upper_factor_of_inverse(not_definite) is None
