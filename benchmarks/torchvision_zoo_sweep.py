@@ -91,6 +91,22 @@ def finish(merged: dict[str, Any], queued: list[str]) -> None:
     merged["models"] = dict(sorted(models.items()))
 
 
+def missing_pairs(merged: dict[str, Any], timeouts: bool) -> dict[str, list[str] | None]:
+    """model -> the generic techniques it has no result for (None: the model never ran), in zoo order."""
+    expected = generic_techniques()
+    models = merged.get("models", {})
+    todo: dict[str, list[str] | None] = {}
+    for name in ALL:
+        rows = models.get(name, {}).get("techniques")
+        if not isinstance(rows, dict):
+            todo[name] = None
+            continue
+        lacking = [t for t in expected if t not in rows or (timeouts and rows[t]["status"] == "timeout")]
+        if lacking:
+            todo[name] = lacking
+    return todo
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="the merged results file")
@@ -107,6 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--hard-stop", type=float, default=0, help="kill the model running at this many seconds (0: never)"
     )
+    parser.add_argument(
+        "--missing", action="store_true",
+        help="per model, only the techniques the base lacks (models it lacks entirely: all of them)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--retry-timeouts", action="store_true", help="with --missing: also the pairs that timed out"
+    )
     parser.add_argument("--note", help="a note kept in the merged file (replaces the base's)")
     args = parser.parse_args(argv)
     merged: dict[str, Any] = json.loads(args.base.read_text()) if args.base else {}
@@ -119,7 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     merged.setdefault("commands", [merged.pop("command")] if "command" in merged else [])
     merged.setdefault("models", {})
-    queue = args.models or [n for n in ALL if n not in merged["models"]]
+    todo = missing_pairs(merged, args.retry_timeouts) if args.missing else {}
+    queue = args.models or (list(todo) if args.missing else [n for n in ALL if n not in merged["models"]])
+    if args.missing:
+        queue = [n for n in queue if n in todo]
     if not args.in_order:
         queue = sorted(queue, key=lambda n: published(n)["params"])
     command = "benchmarks/torchvision_zoo_sweep.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -147,7 +173,12 @@ def main(argv: list[str] | None = None) -> int:
                 "--json",
                 str(out),
             ]
-            child += ["--all"] * args.all + (["--techniques", *args.techniques] if args.techniques else [])
+            techniques = args.techniques
+            if args.missing and todo[name] is not None:
+                techniques = [t for t in todo[name] if not args.techniques or t in args.techniques]
+                if not techniques:
+                    continue
+            child += ["--all"] * args.all + (["--techniques", *techniques] if techniques else [])
             begun = time.perf_counter()
             limits = [args.model_limit] * bool(args.model_limit)
             limits += [args.hard_stop - (begun - started)] * bool(args.hard_stop)
