@@ -29,21 +29,32 @@ import contextlib
 import copy
 import dataclasses
 import datetime
-import gc
-import itertools
 import json
-import math
 import platform
 import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling modules, however it is loaded
+from gpu_models import GPTStack, resnet50, resnet50_width  # noqa: E402
+from gpu_timing import (  # noqa: E402
+    T0,
+    Ctx,
+    count_flops,
+    error_text,
+    fmt_value,
+    log_line,
+    measure,
+    print_table,
+    rotate,
+    set_tf32,
+)
 
 CASES = {
     1: "precision: fp32 vs tf32 vs bf16",
@@ -58,292 +69,6 @@ FULL = dict(gemm=(4096, 8192), resnet=(256, 224), gpt=(12, 768, 12, 1024, 8), in
 FULL |= dict(fp8=(8192, 4096), sparse=(8192, (1, 64, 4096)), prune=(256, 224))
 QUICK = dict(gemm=(64, 128), resnet=(1, 32), gpt=(2, 64, 4, 32, 2), int_mm=64, gemv=256)
 QUICK |= dict(fp8=(64,), sparse=(128, (1, 32)), prune=(1, 32))
-TIMES = ("baseline_ms", "baseline_p90_ms", "variant_ms", "variant_p90_ms")
-ROW_KEYS = ("case", "name", "shape", "baseline", "variant", *TIMES, "speedup", "theory", "notes", "error")
-T0 = time.monotonic()
-
-
-def _log(msg: str) -> None:
-    print(f"[{time.monotonic() - T0:6.1f}s] {msg}", flush=True)
-
-
-def _err(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:400]
-
-
-@dataclasses.dataclass
-class Ctx:
-    device: torch.device
-    quick: bool
-    warmup: int
-    repeats: int
-    deadline: float
-    shapes: dict
-    compile_backend: str = "inductor"
-    rows: list = dataclasses.field(default_factory=list)
-    min_sample_ms: float = 1.0  # calls per sample are chosen so that one sample lasts at least this long
-
-    @property
-    def cuda(self) -> bool:
-        return self.device.type == "cuda"
-
-    def sync(self) -> None:
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
-
-    def randn(self, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return torch.randn(*shape, device=self.device, dtype=dtype)
-
-    def add(self, case: int, name: str, shape: str, baseline: str, variant: str, **kw) -> None:
-        row = dict.fromkeys(ROW_KEYS) | dict(case=case, name=name, shape=shape, baseline=baseline, notes="")
-        self.rows.append(row | dict(variant=variant, **kw))
-
-    @contextlib.contextmanager
-    def guard(self, case: int, name: str, shape: str):
-        """Record any exception in the block as an error row; the run goes on."""
-        try:
-            yield
-        except Exception as exc:  # noqa: BLE001 - a failing case must not stop the others
-            self.add(case, name, shape, "-", "-", error=_err(exc))
-            _log(f"  {name} {shape}: ERROR {_err(exc)}")
-        finally:
-            gc.collect()
-            if self.cuda:
-                torch.cuda.empty_cache()
-
-
-def set_tf32(on: bool) -> None:
-    torch.backends.cuda.matmul.allow_tf32 = on
-    torch.backends.cudnn.allow_tf32 = on
-
-
-def relerr(out, ref) -> float | None:
-    if not (torch.is_tensor(out) and torch.is_tensor(ref)) or out.shape != ref.shape:
-        return None
-    ref = ref.double()
-    return float((out.double() - ref).norm() / ref.norm().clamp_min(1e-30))
-
-
-def rotate(fn: Callable, arg_sets: list[tuple]) -> Callable[[], object]:
-    """A zero-argument call that cycles through `arg_sets` (defeats L2 reuse across calls)."""
-    it = itertools.cycle(arg_sets)
-    return lambda: fn(*next(it))
-
-
-def _calls_per_sample(ctx: Ctx, fn: Callable) -> int:
-    if ctx.min_sample_ms <= 0:
-        return 1
-    ctx.sync()
-    t = time.perf_counter()
-    fn()
-    ctx.sync()
-    ms = (time.perf_counter() - t) * 1e3
-    return max(1, min(200, math.ceil(ctx.min_sample_ms / max(ms, 1e-3))))
-
-
-def time_interleaved(ctx: Ctx, fns: dict[str, Callable]) -> dict[str, list[float]]:
-    """Milliseconds per call, `ctx.repeats` samples per function, functions alternating each round."""
-    inner = {k: _calls_per_sample(ctx, f) for k, f in fns.items()}
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    names = list(fns)
-    for i in range(ctx.repeats):
-        order = names if i % 2 == 0 else names[::-1]
-        if ctx.cuda:
-            events = []
-            for k in order:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                for _ in range(inner[k]):
-                    fns[k]()
-                end.record()
-                events.append((k, start, end))
-            torch.cuda.synchronize(ctx.device)
-            for k, start, end in events:
-                samples[k].append(start.elapsed_time(end) / inner[k])
-        else:
-            for k in order:
-                t = time.perf_counter()
-                for _ in range(inner[k]):
-                    fns[k]()
-                samples[k].append((time.perf_counter() - t) * 1e3 / inner[k])
-    return samples
-
-
-def _stats(xs: list[float]) -> tuple[float, float]:
-    """Median and 90th percentile (nearest rank)."""
-    s, n = sorted(xs), len(xs)
-    median = s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
-    return median, s[max(0, math.ceil(0.9 * n) - 1)]
-
-
-def measure(
-    ctx: Ctx,
-    where: tuple[int, str, str],
-    fns: dict[str, Callable],
-    *,
-    baseline: str,
-    theory: float | dict | None = None,
-    flops: float | None = None,
-    ops_unit: str = "TFLOP/s",
-    nbytes: dict | None = None,
-    items: tuple[int, str] | None = None,
-    notes: dict | None = None,
-    failed: dict | None = None,
-    compare_outputs: bool = True,
-) -> None:
-    """Warm up and check each function, time the ones that run interleaved, add a row per variant.
-
-    `where` is (case, name, shape); `theory` a ratio or {variant: ratio}; `flops` per call (all sides),
-    `nbytes` {label: bytes per call}, `items` (count per call, unit) give rates in the notes; `failed`
-    {variant: error} adds rows for variants that could not even be built.
-    """
-    case, name, shape = where
-    notes, failed, nbytes = dict(notes or {}), dict(failed or {}), nbytes or {}
-    variants = [k for k in fns if k != baseline] + [k for k in failed if k not in fns]
-    if time.monotonic() > ctx.deadline:
-        for v in variants:
-            ctx.add(case, name, shape, baseline, v, error="skipped: time budget spent")
-        return
-    ok, outs = {}, {}
-    for label, fn in fns.items():
-        try:
-            for _ in range(max(1, ctx.warmup)):
-                out = fn()
-            ctx.sync()
-            ok[label] = fn
-            if compare_outputs and torch.is_tensor(out) and out.is_floating_point():
-                outs[label] = out
-        except Exception as exc:  # noqa: BLE001
-            failed[label] = _err(exc)
-    if baseline not in ok:
-        for v in variants:
-            ctx.add(case, name, shape, baseline, v, error=f"baseline failed: {failed.get(baseline)}")
-        return
-    samples = time_interleaved(ctx, ok)
-    stats = {k: _stats(v) for k, v in samples.items()}
-    b_med, b_p90 = stats[baseline]
-
-    def rates(label: str) -> dict[str, float]:
-        sec = stats[label][0] / 1e3
-        out = {ops_unit: flops / sec / 1e12} if flops else {}
-        if label in nbytes:
-            out["GB/s"] = nbytes[label] / sec / 1e9
-        if items:
-            out[f"{items[1]}/s"] = items[0] / sec
-        return out
-
-    for v in variants:
-        if v in failed:
-            ctx.add(case, name, shape, baseline, v, baseline_ms=b_med, baseline_p90_ms=b_p90, error=failed[v])
-            _log(f"  {name} {shape} {v}: ERROR {failed[v]}")
-            continue
-        med, p90 = stats[v]
-        th = theory.get(v) if isinstance(theory, dict) else theory
-        rb, rv = rates(baseline), rates(v)
-        text = [f"{unit} {_num(rb[unit])} -> {_num(rv[unit])}" for unit in rv if unit in rb]
-        err = relerr(outs.get(v), outs.get(baseline))
-        if err is not None:
-            text.append(f"relerr vs {baseline} {err:.1e}")
-        if notes.get(v):
-            text.append(notes[v])
-        times = dict(baseline_ms=b_med, baseline_p90_ms=b_p90, variant_ms=med, variant_p90_ms=p90)
-        ctx.add(
-            case, name, shape, baseline, v, **times, speedup=b_med / med, theory=th, notes="; ".join(text)
-        )
-        _log(f"  {name} {shape} {baseline} {b_med:.3f} ms -> {v} {med:.3f} ms = {b_med / med:.2f}x")
-
-
-def _num(v: float) -> str:
-    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
-
-
-def count_flops(model: Callable, *args) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        model(*args)
-    return int(counter.get_total_flops())
-
-
-# ---------------------------------------------------------------- models
-
-
-class _Bottleneck(nn.Module):
-    def __init__(self, cin: int, mid: int, cout: int, stride: int):
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid)
-        self.conv2, self.bn2 = nn.Conv2d(mid, mid, 3, stride, 1, bias=False), nn.BatchNorm2d(mid)
-        self.conv3, self.bn3 = nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout)
-        self.down = None
-        if stride != 1 or cin != cout:
-            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        idt = x if self.down is None else self.down(x)
-        y = F.relu(self.bn1(self.conv1(x)))
-        y = F.relu(self.bn2(self.conv2(y)))
-        return F.relu(self.bn3(self.conv3(y)) + idt)
-
-
-def resnet50_width(mult: float = 1.0, num_classes: int = 1000) -> nn.Module:
-    """ResNet-50 (v1.5 layout) with every channel count times `mult`; mult=1 matches torchvision's."""
-
-    def c(k: int) -> int:
-        return max(8, int(round(k * mult)))
-
-    layers: list[nn.Module] = [
-        nn.Conv2d(3, c(64), 7, 2, 3, bias=False),
-        nn.BatchNorm2d(c(64)),
-        nn.ReLU(),
-        nn.MaxPool2d(3, 2, 1),
-    ]
-    cin = c(64)
-    for planes, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
-        for i in range(blocks):
-            layers.append(_Bottleneck(cin, c(planes), c(planes) * 4, stride if i == 0 else 1))
-            cin = c(planes) * 4
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes)]
-    return nn.Sequential(*layers)
-
-
-def resnet50() -> tuple[nn.Module, str]:
-    try:
-        import torchvision
-
-        return torchvision.models.resnet50(weights=None), "torchvision resnet50"
-    except Exception:  # noqa: BLE001 - torchvision missing or broken: same network, built here
-        return resnet50_width(1.0), "resnet50 (built here, torchvision missing)"
-
-
-class _Block(nn.Module):
-    def __init__(self, d: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
-        self.fc, self.out = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
-
-    def forward(self, x):
-        b, t, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        x = x + self.proj(y.transpose(1, 2).reshape(b, t, d))
-        return x + self.out(F.gelu(self.fc(self.ln2(x)), approximate="tanh"))
-
-
-class GPTStack(nn.Module):
-    def __init__(self, layers: int, d: int, heads: int):
-        super().__init__()
-        self.blocks = nn.ModuleList(_Block(d, heads) for _ in range(layers))
-        self.ln = nn.LayerNorm(d)
-
-    def forward(self, x):
-        for block in self.blocks:
-            x = block(x)
-        return self.ln(x)
-
-
 # ---------------------------------------------------------------- cases
 
 
@@ -412,7 +137,7 @@ def case_compile(ctx: Ctx) -> None:
         compiled(x)
         ctx.sync()
         compile_s = time.perf_counter() - t
-        _log(f"  compile ({ctx.compile_backend}, default mode): {compile_s:.1f} s")
+        log_line(f"  compile ({ctx.compile_backend}, default mode): {compile_s:.1f} s")
         fns = {"eager": lambda: model(x), "compiled": lambda: compiled(x)}
         notes = {"compiled": f"compile {compile_s:.1f} s ({ctx.compile_backend}, default mode)"}
         where = (2, "GPT block stack fwd", shape)
@@ -477,7 +202,7 @@ def case_int8(ctx: Ctx) -> None:
                 notes[label] = f"compile {time.perf_counter() - t:.1f} s ({ctx.compile_backend})"
                 fns[label] = rotate(compiled, [(x, q, s) for q, s in qs])
             except Exception as exc:  # noqa: BLE001
-                failed[label] = _err(exc)
+                failed[label] = error_text(exc)
         fns["int8 _weight_int8pack_mm"] = rotate(torch._weight_int8pack_mm, [(x, q, s) for q, s in qs])
         nbytes = {k: n * n + 2 * n for k in fns} | {"bf16": 2 * n * n}
         notes = {k: "; ".join(filter(None, [notes.get(k), "theory = weight bytes ratio"])) for k in fns}
@@ -548,7 +273,7 @@ def case_sparse(ctx: Ctx) -> None:
                 SparseSemiStructuredTensor._FORCE_CUTLASS = force
                 sparse[label] = to_sparse_semi_structured(wm)
             except Exception as exc:  # noqa: BLE001
-                refused[label] = "refused: " + _err(exc)
+                refused[label] = "refused: " + error_text(exc)
             finally:
                 SparseSemiStructuredTensor._FORCE_CUTLASS = original
         for m in ms:
@@ -600,7 +325,7 @@ def case_prune(ctx: Ctx) -> None:
             pruned, how = modelscale_prune(copy.deepcopy(dense), torch.randn(1, 3, res, res))
             models["modelscale 50%"] = (pruned.eval(), how)
         except Exception as exc:  # noqa: BLE001
-            failed["modelscale 50%"] = "modelscale structured pruning unavailable: " + _err(exc)
+            failed["modelscale 50%"] = "modelscale structured pruning unavailable: " + error_text(exc)
         x1 = ctx.randn(1, 3, res, res)
         stats = {}
         for k, (m, _) in models.items():
@@ -681,27 +406,6 @@ def metadata(ctx: Ctx, args: argparse.Namespace) -> dict:
     return meta
 
 
-def _fmt(v, spec: str = ".3f") -> str:
-    return "-" if v is None else format(v, spec)
-
-
-def print_table(rows: list[dict], title: str) -> None:
-    """One line per row, columns padded to their widest cell (stays short enough for a log tail)."""
-    header = "case|name|shape|baseline -> variant|base ms (p90)|var ms (p90)|speedup|theory|notes / error"
-    body = [header.split("|")]
-    for r in rows:
-        base, var = (f"{_fmt(r[k + '_ms'])} ({_fmt(r[k + '_p90_ms'])})" for k in ("baseline", "variant"))
-        speed, theory = _fmt(r["speedup"], ".2f") + "x", _fmt(r["theory"], ".2f")
-        note = ("ERROR " + r["error"]) if r["error"] else r["notes"]
-        body.append([str(r["case"]), r["name"], r["shape"], f"{r['baseline']} -> {r['variant']}", base, var])
-        body[-1] += [speed, theory, note]
-    widths = [max(len(line[i]) for line in body) for i in range(len(body[0]) - 1)]
-    print(f"\n== {title} ==")
-    for line in body:
-        print("  ".join(c.ljust(w) for c, w in zip(line, widths)) + "  " + line[-1])
-    sys.stdout.flush()
-
-
 def _spin_up(ctx: Ctx, seconds: float = 1.5) -> None:
     """Busy the GPU for a moment so the first case does not start at idle clocks."""
     a = ctx.randn(4096, 4096, dtype=torch.bfloat16)
@@ -749,11 +453,11 @@ def main(argv: list[str] | None = None) -> int:
         _spin_up(ctx)
     set_tf32(False)
     meta = metadata(ctx, args)
-    _log(f"torch {meta['torch']} cuda {meta['cuda']} on {meta['device_name']}; cases {cases}")
+    log_line(f"torch {meta['torch']} cuda {meta['cuda']} on {meta['device_name']}; cases {cases}")
     case_meta = {}
     with torch.no_grad():
         for num in cases:
-            _log(f"case {num}: {CASES[num]}")
+            log_line(f"case {num}: {CASES[num]}")
             start, before = time.monotonic(), len(ctx.rows)
             if ctx.cuda:
                 torch.cuda.reset_peak_memory_stats(device)
@@ -763,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     RUNNERS[num](ctx)
                 except Exception as exc:  # noqa: BLE001
-                    ctx.add(num, CASES[num], "-", "-", "-", error=_err(exc))
+                    ctx.add(num, CASES[num], "-", "-", "-", error=error_text(exc))
                     traceback.print_exc()
             if len(ctx.rows) == before:
                 ctx.add(num, CASES[num], "-", "-", "-", error="case produced no rows")
@@ -771,13 +475,13 @@ def main(argv: list[str] | None = None) -> int:
             case_meta[num] = dict(
                 seconds=round(time.monotonic() - start, 1), peak_gib=peak and round(peak, 2)
             )
-            _log(f"case {num} done in {case_meta[num]['seconds']} s, peak {_fmt(peak, '.1f')} GiB")
+            log_line(f"case {num} done in {case_meta[num]['seconds']} s, peak {fmt_value(peak, '.1f')} GiB")
     meta.update(cases=case_meta, total_s=round(time.monotonic() - T0, 1), nvidia_smi_end=_nvidia_smi())
     print_table(ctx.rows, f"modelscale GPU facts: {meta['device_name']}, torch {meta['torch']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"meta": meta, "rows": ctx.rows}, indent=1, default=str))
-        _log(f"wrote {args.json}")
+        log_line(f"wrote {args.json}")
     return 0
 
 
