@@ -191,3 +191,53 @@ def test_a_copied_layer_runs_on_its_own_codes_after_the_original_is_gone():
     del layout
     gc.collect()
     assert torch.equal(twin.run_native(x), want)
+
+
+def _round_per_chunk_to_int8(x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """The kernel's 8-bit activations, emulated: per chunk, round(x / s) with s = max|x| / 127 (float32)."""
+    xc = x.view(x.shape[0], -1, chunk)
+    scale = xc.abs().amax(-1, keepdim=True) / 127.0
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.round(xc * (1.0 / scale)).clamp(-127, 127)
+    return (q * scale).view_as(x)
+
+
+@needs_kernel
+@pytest.mark.parametrize(("bits", "m", "n", "k", "group"), [(8, 1, 64, 512, 128), (8, 3, 61, 4096, 4096),
+                                                            (4, 1, 64, 512, 128), (4, 3, 17, 1024, 256)])  # fmt: skip
+def test_eight_bit_activations_are_exactly_one_byte_per_chunk(bits, m, n, k, group):
+    g = torch.Generator().manual_seed(n + k + bits)
+    s = torch.rand(n, k // group, generator=g) + 0.1
+    x = torch.randn(m, k, generator=g)
+    if bits == 8:
+        w = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
+        packed, wq, run = native_gemv.pack_int8_rows(w), w, native_gemv.int8_gemv
+        args = (x, packed, s, group)
+    else:
+        nibbles = torch.randint(0, 16, (n, k), dtype=torch.uint8, generator=g)
+        packed, wq = native_gemv.pack_int4_rows(nibbles), nibbles.to(torch.int16) - 8
+        args = (x, packed, s, group, 8)
+        run = native_gemv.int4_gemv
+    exact = _reference(x, wq, s, group)
+    got8 = run(*args, activation_bits=8)
+    emulated = _reference(_round_per_chunk_to_int8(x, native_gemv.chunk_size(k, group)), wq, s, group)
+    assert _rel(got8, emulated) < 1e-5  # the same rounding, only float32 accumulation differs
+    err8, err16 = _rel(got8, exact), _rel(run(*args), exact)
+    assert err16 < 2e-4 < err8 < 2e-2  # one byte: coarser than 16 bits, still about bf16's precision
+    with pytest.raises(ValueError):
+        run(*args, activation_bits=4)
+
+
+@needs_kernel
+def test_a_layer_with_eight_bit_activations_offers_and_checks_the_a8_path():
+    torch.manual_seed(6)
+    lin = nn.Linear(256, 64)
+    layer = WeightOnlyLayer(lin, bits=4, group_size=128, symmetric=False, activation_bits=8)
+    paths = kernels.candidate_paths(layer, torch.device("cpu"))[0]
+    assert "int4_avx512_a8" in [p.name for p in paths] and "int4_avx512" not in [p.name for p in paths]
+    path = next(p for p in paths if p.name == "int4_avx512_a8")
+    layout = kernels.build_layout(layer, path.layout, torch.device("cpu"))
+    assert kernels.check_path(layer, path, layout) is None
+    x = torch.randn(3, 256)
+    err = _rel(layout.run(x, path.dtype), (x @ layer.dequantize().t()).double())
+    assert 1e-4 < err < 2e-2

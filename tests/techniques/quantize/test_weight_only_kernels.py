@@ -278,3 +278,32 @@ def test_group_lengths_that_crash_atens_bf16_int8_kernel_are_never_offered(in_fe
     )
     assert done.returncode == 0, done.stderr[-500:]
     assert "torch.Size([4, 10])" in done.stdout
+
+
+@pytest.mark.skipif(not any(p.name.startswith("int4_avx512") for p in kernels.candidate_paths(
+    WeightOnlyLayer(nn.Linear(128, 8), bits=4, group_size=64, symmetric=True), CPU)[0]), reason="no AVX512-VNNI kernel")  # fmt: skip
+def test_eight_bit_activations_are_the_users_choice_recorded_and_reloaded(tmp_path):
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 64)).eval()
+    config = WeightOnlyConfig(
+        bits=4, group_size=64, activation_bits=8, prefer="size", batches=(1,), tune_ms=5
+    )
+    assert config_from_dict(config.to_dict()) == config
+    assert WeightOnlyConfig().activation_bits == 16  # the default keeps 16-bit activations
+    with pytest.raises(ModelscaleError, match="activation_bits"):
+        WeightOnlyConfig(activation_bits=4)
+    result = apply(model, config)
+    names = {c["path"] for row in result.record.layers for c in row["paths"]}
+    offered = {p for row in result.record.layers for p in row["paths"][0].get("alternatives", {})} | names
+    assert "int4_avx512" not in offered  # never the 16-bit kernel when 8-bit activations were asked for
+    x = torch.randn(1, 256)
+    dequantized = apply(model, WeightOnlyConfig(bits=4, group_size=64, kernel="dequant")).model
+    assert rel(result.model(x), dequantized(x)) < 2e-2  # the same codes; only the activations are rounded
+    save_compressed(tmp_path / "q", result.model, [result.record])
+    reloaded = load_compressed(
+        tmp_path / "q", nn.Sequential(nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 64))
+    )
+    assert torch.equal(reloaded.eval()(x), result.model(x))
+    assert all(
+        layer.activation_bits == 8 for layer in reloaded.modules() if isinstance(layer, WeightOnlyLayer)
+    )

@@ -114,7 +114,8 @@ class Layout:
             from modelscale.techniques.quantize import native_gemv
 
             bits, offset = (8, 128) if self.kind == "int8_native" else (4, t["offset"])
-            plan = native_gemv.Plan(bits, codes, t["scales_f32"], self.group, offset, t.get("zero_scaled"))
+            plan = native_gemv.Plan(bits, codes, t["scales_f32"], self.group, offset, t.get("zero_scaled"),
+                                    t.get("activation_bits", 16))  # fmt: skip
             t["plan"] = plan
         return plan(x, bias)
 
@@ -208,7 +209,7 @@ def candidate_paths(layer: Any, device: torch.device) -> tuple[list[Path], dict[
         if native:
             skipped["int8_avx512"] = native
         else:
-            paths.append(Path("int8_avx512", "int8_native", torch.float32))
+            paths.append(Path(f"int8_avx512{_a8(layer)}", "int8_native", torch.float32))
         problem = _int4_cpu_problem(n) if device.type == "cpu" else "the int4 CPU kernel runs on CPU only"
         if problem is None and int8_as_int4_group(layer) is None:
             problem = f"no int4 kernel group size in {INT4_KERNEL_GROUPS} fits group {g} of {k} columns"
@@ -222,7 +223,7 @@ def candidate_paths(layer: Any, device: torch.device) -> tuple[list[Path], dict[
     if native:
         skipped["int4_avx512"] = native
     else:
-        paths.append(Path("int4_avx512", "int4_native", torch.float32))
+        paths.append(Path(f"int4_avx512{_a8(layer)}", "int4_native", torch.float32))
     if g not in INT4_KERNEL_GROUPS:
         skipped["int4 kernels"] = f"ATen's int4 kernels need group_size in {INT4_KERNEL_GROUPS}, not {g}"
         return paths, skipped
@@ -242,6 +243,11 @@ def candidate_paths(layer: Any, device: torch.device) -> tuple[list[Path], dict[
     else:
         skipped["int4"] = f"no int4 kernel on {device.type}"
     return paths, skipped
+
+
+def _a8(layer: Any) -> str:
+    """The suffix of our kernel's path name when it takes 8-bit activations (activation_bits=8)."""
+    return "_a8" if getattr(layer, "activation_bits", 16) == 8 else ""
 
 
 def _native_problem(k: int, g: int, device: torch.device) -> str | None:
@@ -296,7 +302,7 @@ def build_layout(layer: Any, kind: str, device: torch.device) -> Layout:
         asymmetric = not layer.symmetric
         w = pack_int8_rows((codes - 128 if asymmetric else codes).to(device, torch.int8).view(n, k))
         t = {"weight": w, "scales_f32": scale.view(n, groups).contiguous(), "asymmetric": asymmetric,
-             "groups": groups, "rows": n}  # fmt: skip
+             "groups": groups, "rows": n, "activation_bits": getattr(layer, "activation_bits", 16)}  # fmt: skip
         if asymmetric:  # out × groups, float32: the kernel takes Σ_g s·(z - 128) · Σ x_g off
             t["zero_scaled"] = (scale * (zero - 128.0)).view(n, groups).contiguous()
         return Layout(kind, t, group=g, invertible=True)
@@ -305,7 +311,8 @@ def build_layout(layer: Any, kind: str, device: torch.device) -> Layout:
 
         nibbles = (codes + 8 if layer.symmetric else codes).to(device, torch.uint8)
         t = {"packed": pack_int4_rows(nibbles), "scales_f32": scale.view(n, groups).contiguous(),
-             "offset": 8 if layer.symmetric else 0, "groups": groups, "rows": n}  # fmt: skip
+             "offset": 8 if layer.symmetric else 0, "groups": groups, "rows": n,
+             "activation_bits": getattr(layer, "activation_bits", 16)}  # fmt: skip
         if not layer.symmetric:  # out × groups, float32
             t["zero_scaled"] = (scale * zero).view(n, groups).contiguous()
         return Layout(kind, t, group=g, invertible=True)
@@ -428,8 +435,8 @@ def check_path(
 ) -> str | None:
     """None if `path` computes the layer's reference output within tolerance, else why not.
 
-    Tolerance (relative, Frobenius): 1e-3 for float32 activations; for bf16 / fp16 activations the
-    larger of 1e-2 / 4e-3 (bf16 keeps 8 significant bits: ~3e-3 is typical) and half the quantization
+    Tolerance (relative, Frobenius): 1e-3 for float32 activations; for bf16 / fp16 activations (and our
+    kernel's 8-bit ones) the larger of 1e-2 / 4e-3 (bf16 keeps 8 significant bits: ~3e-3 is typical) and half the quantization
     error itself (‖x·Ŵᵀ - x·Wᵀ‖ / ‖x·Wᵀ‖ when the float weight is known). A wrong layout or sign
     gives errors of order 1.
     """
@@ -441,8 +448,9 @@ def check_path(
     if got.shape != want.shape:
         return f"{path.name} returned shape {tuple(got.shape)}, expected {tuple(want.shape)}"
     err = relative_error(got, want)
-    floor = {torch.float32: 1e-3, torch.float16: 4e-3}.get(path.dtype, 1e-2)  # bf16: 8 significant bits
-    tol = floor if path.dtype == torch.float32 else max(floor, 0.5 * (quant_error or 0.0))
+    a8 = layout.tensors.get("activation_bits") == 8  # our kernel with one-byte activations: like bf16
+    floor = 1e-2 if a8 else {torch.float32: 1e-3, torch.float16: 4e-3}.get(path.dtype, 1e-2)  # bf16: 8 bits
+    tol = floor if path.dtype == torch.float32 and not a8 else max(floor, 0.5 * (quant_error or 0.0))
     if not err <= tol:
         return f"{path.name} disagrees with the reference (relative error {err:.2g} > {tol:.2g})"
     return None

@@ -11,27 +11,32 @@ _SOURCE = r"""
    |x16| <= 32639 and xs = max|x| / 32639, split exactly as x16 = 256·xh + xl with xh, xl in [-127, 127]
    (signed bytes, the second operand of vpdpbusd). lanes[16] per chunk: offset · the sum of x16 over the
    features lane l of the kernel's accumulators sees (4l..4l+3 of every 64), the codes' offset term. */
-static void prepare_rows(const float* x, int8_t* xh, int8_t* xl, float* xs, float* xsum, int32_t* lanes,
+static void prepare_rows(const int A8, const float* x, int8_t* xh, int8_t* xl, float* xs, float* xsum, int32_t* lanes,
                          int64_t M, int64_t K, int64_t c, int32_t offset) {
   const int64_t C = K / c;
-  const __m512i lim = _mm512_set1_epi32(32639), nlim = _mm512_set1_epi32(-32639), half = _mm512_set1_epi32(128);
+  const int32_t top_code = A8 ? 127 : 32639;
+  const __m512i lim = _mm512_set1_epi32(top_code), nlim = _mm512_set1_epi32(-top_code), half = _mm512_set1_epi32(128);
   for (int64_t m = 0; m < M; ++m) {
     for (int64_t j = 0; j < C; ++j) {
       const float* xr = x + m * K + j * c;
       __m512 mx = _mm512_setzero_ps();
       for (int64_t k = 0; k < c; k += 16) mx = _mm512_max_ps(mx, _mm512_abs_ps(_mm512_loadu_ps(xr + k)));
       const float top = _mm512_reduce_max_ps(mx);
-      const float scale = top > 0.0f ? top / 32639.0f : 1.0f;
+      const float scale = top > 0.0f ? top / (float)top_code : 1.0f;
       const __m512 inv = _mm512_set1_ps(1.0f / scale);
       __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(),
                         _mm512_setzero_si512()};
       for (int64_t k = 0; k < c; k += 16) {
         __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xr + k), inv));
         q = _mm512_max_epi32(_mm512_min_epi32(q, lim), nlim);
-        const __m512i h = _mm512_srai_epi32(_mm512_add_epi32(q, half), 8);
-        const __m512i l = _mm512_sub_epi32(q, _mm512_slli_epi32(h, 8));
-        _mm_storeu_si128((__m128i*)(xh + m * K + j * c + k), _mm512_cvtepi32_epi8(h));
-        _mm_storeu_si128((__m128i*)(xl + m * K + j * c + k), _mm512_cvtepi32_epi8(l));
+        if (A8) {
+          _mm_storeu_si128((__m128i*)(xh + m * K + j * c + k), _mm512_cvtepi32_epi8(q));
+        } else {
+          const __m512i h = _mm512_srai_epi32(_mm512_add_epi32(q, half), 8);
+          const __m512i l = _mm512_sub_epi32(q, _mm512_slli_epi32(h, 8));
+          _mm_storeu_si128((__m128i*)(xh + m * K + j * c + k), _mm512_cvtepi32_epi8(h));
+          _mm_storeu_si128((__m128i*)(xl + m * K + j * c + k), _mm512_cvtepi32_epi8(l));
+        }
         acc[(k % 64) / 16] = _mm512_add_epi32(acc[(k % 64) / 16], q); /* features k % 64 .. +15 */
       }
       /* acc[v][i] holds feature 16v + i (mod 64); lane l wants features 4l..4l+3 = acc[l / 4][4(l % 4) + t] */
@@ -76,7 +81,7 @@ typedef struct {
 
 /* Output rows 4b..4b+3 for activation rows m..m+MB-1 (MB = 1 or 2, a constant after inlining). */
 static inline __attribute__((always_inline)) void rows4(const Ctx* p, int64_t b, int64_t m, const int MB,
-                                                        const int BITS) {
+                                                        const int BITS, const int A8) {
   const int64_t N = p->N, K = p->K, G = p->G, C = p->C, c = p->c, per_group = p->per_group, step = p->step;
   const float* s = p->s;
   const int8_t *xh = p->xh, *xl = p->xl;
@@ -100,8 +105,8 @@ static inline __attribute__((always_inline)) void rows4(const Ctx* p, int64_t b,
       const __m512i corr =
           _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_loadu_si512((const void*)(lanes + ((m + u) * C + j) * 16)));
       for (int i = 0; i < 4; ++i) {
-        h[u][i] = _mm512_setzero_si512();
-        l[u][i] = corr;
+        h[u][i] = A8 ? corr : _mm512_setzero_si512();
+        l[u][i] = A8 ? _mm512_setzero_si512() : corr;
       }
     }
     for (int64_t k = j * c; k < (j + 1) * c; k += 64) {
@@ -120,10 +125,10 @@ static inline __attribute__((always_inline)) void rows4(const Ctx* p, int64_t b,
       }
       for (int u = 0; u < MB; ++u) {
         const __m512i xhv = _mm512_loadu_si512((const void*)(xh + (m + u) * K + k));
-        const __m512i xlv = _mm512_loadu_si512((const void*)(xl + (m + u) * K + k));
-        for (int i = 0; i < 4; ++i) {
-          h[u][i] = _mm512_dpbusd_epi32(h[u][i], wv[i], xhv);
-          l[u][i] = _mm512_dpbusd_epi32(l[u][i], wv[i], xlv);
+        for (int i = 0; i < 4; ++i) h[u][i] = _mm512_dpbusd_epi32(h[u][i], wv[i], xhv);
+        if (!A8) {
+          const __m512i xlv = _mm512_loadu_si512((const void*)(xl + (m + u) * K + k));
+          for (int i = 0; i < 4; ++i) l[u][i] = _mm512_dpbusd_epi32(l[u][i], wv[i], xlv);
         }
       }
     }
@@ -131,7 +136,8 @@ static inline __attribute__((always_inline)) void rows4(const Ctx* p, int64_t b,
     for (int u = 0; u < MB; ++u) {
       const __m512 sx = _mm512_set1_ps(p->xs[(m + u) * C + j]);
       for (int i = 0; i < 4; ++i) {
-        const __m512 exact = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_slli_epi32(h[u][i], 8), l[u][i]));
+        const __m512 exact =
+            _mm512_cvtepi32_ps(A8 ? h[u][i] : _mm512_add_epi32(_mm512_slli_epi32(h[u][i], 8), l[u][i]));
         /* one scale per row (G == 1) is applied once at the end */
         t[u][i] = _mm512_fmadd_ps(G == 1 ? exact : _mm512_mul_ps(exact, _mm512_set1_ps(s[r[i] * G + g])), sx, t[u][i]);
       }
@@ -151,8 +157,11 @@ static __thread int64_t scratch_bytes = 0;
 /* zs (N × G, may be null): s · z per group, a zero point's term  y -= Σ_g zs[n, g] · Σ_{k in g} x;
    bias (N, may be null) is added. Returns 0, 1 for shapes it cannot take, 2 when out of memory. */
 int ms_gemv(const float* x, const uint8_t* w, const float* s, const float* zs, const float* bias, float* y,
-            int64_t M, int64_t N, int64_t K, int64_t gsize, int64_t c, int bits, int offset, int threads) {
-  if ((bits != 8 && bits != 4) || c % 64 || c > 256 || K % c || gsize % c || K % gsize) return 1;
+            int64_t M, int64_t N, int64_t K, int64_t gsize, int64_t c, int bits, int offset, int abits, int threads) {
+  if ((bits != 8 && bits != 4) || (abits != 16 && abits != 8) || c % 64 || c > 256 || K % c || gsize % c ||
+      K % gsize)
+    return 1;
+  const int a8 = abits == 8;
   const int64_t chunks = M * (K / c), need = 2 * M * K + chunks * (64 + 2 * 4) + M * (K / gsize) * 4 + 64;
   if (need > scratch_bytes) {
     free(scratch);
@@ -167,7 +176,7 @@ int ms_gemv(const float* x, const uint8_t* w, const float* s, const float* zs, c
   float* gsum = xsum + chunks; /* Σ x per group of a row, for the zero term */
   int8_t* xh = (int8_t*)(gsum + M * G);
   int8_t* xl = xh + M * K;
-  prepare_rows(x, xh, xl, xs, xsum, lanes, M, K, c, offset);
+  prepare_rows(a8, x, xh, xl, xs, xsum, lanes, M, K, c, offset);
   for (int64_t i = 0; i < M * G; ++i) {
     float part = 0.0f;
     for (int64_t j = i * per_group; j < (i + 1) * per_group; ++j) part += xsum[j];
@@ -178,20 +187,25 @@ int ms_gemv(const float* x, const uint8_t* w, const float* s, const float* zs, c
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
   for (int64_t b = 0; b < blocks; ++b) {
     int64_t m = 0;
-    if (bits == 4) { /* two activation rows share each unpacked weight vector (measured: 10-15% at 8-32 rows) */
-      for (; m + 2 <= M; m += 2) rows4(&k, b, m, 2, 4);
-      for (; m < M; ++m) rows4(&k, b, m, 1, 4);
+    if (bits == 4 && a8) {
+      for (; m + 2 <= M; m += 2) rows4(&k, b, m, 2, 4, 1);
+      for (; m < M; ++m) rows4(&k, b, m, 1, 4, 1);
+    } else if (bits == 4) { /* two activation rows share each unpacked weight vector (measured: 10-15% at 8-32 rows) */
+      for (; m + 2 <= M; m += 2) rows4(&k, b, m, 2, 4, 0);
+      for (; m < M; ++m) rows4(&k, b, m, 1, 4, 0);
+    } else if (a8) {
+      for (; m < M; ++m) rows4(&k, b, m, 1, 8, 1);
     } else {
-      for (; m < M; ++m) rows4(&k, b, m, 1, 8);
+      for (; m < M; ++m) rows4(&k, b, m, 1, 8, 0);
     }
   }
   return 0;
 }
 
 /* The same with the layer's operands prepared once (`Plan`): p = {codes, scales, zero term or 0, N, K,
-   group, chunk, bits, offset}; only the activations, output, batch rows and bias change per call. */
+   group, chunk, bits, offset, activation bits}; only the activations, output, batch rows and bias change. */
 int ms_gemv_plan(const float* x, float* y, int64_t M, const float* bias, const int64_t* p, int threads) {
   return ms_gemv(x, (const uint8_t*)p[0], (const float*)p[1], (const float*)p[2], bias, y, M, p[3], p[4], p[5],
-                 p[6], (int)p[7], (int)p[8], threads);
+                 p[6], (int)p[7], (int)p[8], (int)p[9], threads);
 }
 """
