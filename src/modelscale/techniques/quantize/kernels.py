@@ -245,9 +245,14 @@ def candidate_paths(layer: Any, device: torch.device) -> tuple[list[Path], dict[
     return paths, skipped
 
 
+def activation_bits(layer: Any) -> int:
+    """Bits of our kernel's activations for `layer`: 16, or 8 when its config asked (activation_bits=8)."""
+    return getattr(layer, "activation_bits", 16)
+
+
 def _a8(layer: Any) -> str:
-    """The suffix of our kernel's path name when it takes 8-bit activations (activation_bits=8)."""
-    return "_a8" if getattr(layer, "activation_bits", 16) == 8 else ""
+    """The suffix of our kernel's path name when it takes 8-bit activations."""
+    return "_a8" if activation_bits(layer) == 8 else ""
 
 
 def _native_problem(k: int, g: int, device: torch.device) -> str | None:
@@ -302,7 +307,7 @@ def build_layout(layer: Any, kind: str, device: torch.device) -> Layout:
         asymmetric = not layer.symmetric
         w = pack_int8_rows((codes - 128 if asymmetric else codes).to(device, torch.int8).view(n, k))
         t = {"weight": w, "scales_f32": scale.view(n, groups).contiguous(), "asymmetric": asymmetric,
-             "groups": groups, "rows": n, "activation_bits": getattr(layer, "activation_bits", 16)}  # fmt: skip
+             "groups": groups, "rows": n, "activation_bits": activation_bits(layer)}  # fmt: skip
         if asymmetric:  # out × groups, float32: the kernel takes Σ_g s·(z - 128) · Σ x_g off
             t["zero_scaled"] = (scale * (zero - 128.0)).view(n, groups).contiguous()
         return Layout(kind, t, group=g, invertible=True)
@@ -312,7 +317,7 @@ def build_layout(layer: Any, kind: str, device: torch.device) -> Layout:
         nibbles = (codes + 8 if layer.symmetric else codes).to(device, torch.uint8)
         t = {"packed": pack_int4_rows(nibbles), "scales_f32": scale.view(n, groups).contiguous(),
              "offset": 8 if layer.symmetric else 0, "groups": groups, "rows": n,
-             "activation_bits": getattr(layer, "activation_bits", 16)}  # fmt: skip
+             "activation_bits": activation_bits(layer)}  # fmt: skip
         if not layer.symmetric:  # out × groups, float32
             t["zero_scaled"] = (scale * zero).view(n, groups).contiguous()
         return Layout(kind, t, group=g, invertible=True)
@@ -448,7 +453,7 @@ def check_path(
     if got.shape != want.shape:
         return f"{path.name} returned shape {tuple(got.shape)}, expected {tuple(want.shape)}"
     err = relative_error(got, want)
-    a8 = layout.tensors.get("activation_bits") == 8  # our kernel with one-byte activations: like bf16
+    a8 = layout.tensors.get("activation_bits") == 8  # our kernel with one-byte activations: bf16's floor
     floor = 1e-2 if a8 else {torch.float32: 1e-3, torch.float16: 4e-3}.get(path.dtype, 1e-2)  # bf16: 8 bits
     tol = floor if path.dtype == torch.float32 and not a8 else max(floor, 0.5 * (quant_error or 0.0))
     if not err <= tol:

@@ -14,10 +14,11 @@ chunk) and split exactly into two signed bytes, x16 = 256·xh + xl. The codes ar
 int32 lanes, AVX512-VNNI) — one instruction per 32 weight-activation products, where widening the
 weights to 16 bits took two — and a chunk's sum (acc_h·256 + acc_l − offset·Σx16, exact in int32)
 is scaled once (activation scale × the row's group scale) into float32. With `activation_bits=8` the
-activations are rounded to one signed byte per chunk instead (|x8| ≤ 127; relative error ~0.5%, as in
-llama.cpp's int8-activation dot products) and each 64 weights take ONE vpdpbusd: measured here on
-4096×4096 int4 g128 streamed from memory, 15.5 → 18.5 GB/s (read of the same bytes 21 GB/s; the
-kernel is compute-bound with 16-bit activations). Four output rows are computed
+activations are rounded to one signed byte per chunk instead (|x8| ≤ 127; relative output error
+0.6-0.7% on Gaussian activations, about 4x that of bf16 activations) and each 64 weights take ONE
+vpdpbusd: int4 g128 at batch 1, 4.9 → 5.9x (4096²) and 4.9 → 7.6x (4096→11008) fp32 in
+`benchmarks/results/quantize_llm_cpu.json`, where the kernel is compute-bound with 16-bit
+activations. Four output rows are computed
 together from ONE contiguous stream: the codes are stored in blocks of 4 rows, 64 features of each
 row in turn (`pack_int8_rows`; int4: 32 bytes per 64 features, `pack_int4_rows`), prefetched a few KB
 ahead — four separate row streams read at about half the memory bandwidth here. Rows of a batch (m)

@@ -15,7 +15,7 @@ is 21 bytes per 32 weights (6.1x smaller than fp32).
 Execution (kernel="auto", the default): each Linear is prepared once, at apply/load time, for the
 paths in `kernels.py` — ATen's packed `_weight_int8pack_mm` (int8, any group size, per group) and
 `_weight_int4pack_mm_for_cpu` (int4, g in 32/64/128/256) with bf16 (fp16 where fast, fp32) activations,
-our AVX-512 VNNI GEMV with 16-bit activations (8 with activation_bits=8: faster, ~0.5% error;
+our AVX-512 VNNI GEMV with 16-bit activations (8 with activation_bits=8: faster, ~0.7% error;
 `native_gemv.py`, int8/int4, groups of 64·k), tinygemm
 `_weight_int4pack_mm` on CUDA, a float copy of the dequantized weight, or dequantize-per-call
 (the fallback) — and `kernel_choice.py` times them against the float op on the layer's own shape at each
