@@ -110,6 +110,12 @@ def test_int4_kernel_matches_float64_and_its_layout_round_trips(m, n, k, group, 
     packed = native_gemv.pack_int4_rows(nibbles)
     assert packed.shape == (n + (-n % 4), k // 2)
     assert torch.equal(native_gemv.unpack_int4_rows(packed, n), nibbles)
+    flat = (
+        packed.flatten()
+    )  # the documented layout: per 64 features of a 4-row block, rows (0, 1) then (2, 3)
+    assert torch.equal(flat[:64], nibbles[0, :64] | (nibbles[1, :64] << 4))
+    assert torch.equal(flat[64:128], nibbles[2, :64] | (nibbles[3, :64] << 4))
+    assert torch.equal(flat[128:192], nibbles[0, 64:128] | (nibbles[1, 64:128] << 4))
     s = torch.rand(n, k // group, generator=g) + 0.1
     x = torch.randn(m, k, generator=g)
     got = native_gemv.int4_gemv(x, packed, s, group, offset)

@@ -18,11 +18,12 @@ activations are rounded to one signed byte per chunk instead (|x8| ≤ 127; rela
 0.6-0.7% on Gaussian activations, about 4x that of bf16 activations) and each 64 weights take ONE
 vpdpbusd: int4 g128 at batch 1, 4.9 → 5.9x (4096²) and 4.9 → 7.6x (4096→11008) fp32 in
 `benchmarks/results/quantize_llm_cpu.json`, where the kernel is compute-bound with 16-bit
-activations. Four output rows are computed
-together from ONE contiguous stream: the codes are stored in blocks of 4 rows, 64 features of each
-row in turn (`pack_int8_rows`; int4: 32 bytes per 64 features, `pack_int4_rows`), prefetched a few KB
-ahead — four separate row streams read at about half the memory bandwidth here. Rows of a batch (m)
-reuse the block from L1. Asymmetric int8 codes are shifted by the caller, which adds the zero-point
+activations. Four output rows are computed together from ONE contiguous stream: the codes are
+stored in blocks of 4 rows, 64 features of each row in turn (`pack_int8_rows`; int4: 64 bytes per
+64 features of two rows, low and high nibbles, `pack_int4_rows`, so one load and two masks unpack
+two rows) — four separate row streams read at about half the memory bandwidth here. int4 is
+prefetched 8 KB ahead into L2; int8 streams best on the hardware prefetcher alone. Rows of a batch
+(m) reuse the block from L1. Asymmetric int8 codes are shifted by the caller, which adds the zero-point
 term itself (see `kernels.Layout.run`). Groups must be multiples of 64 (groups of 32 use ATen's
 kernels).
 
@@ -315,16 +316,24 @@ def unpack_int8_rows(packed: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def pack_int4_rows(nibbles: torch.Tensor) -> torch.Tensor:
-    """The kernel's int4 layout from nibbles (N × K, uint8 in [0, 15], K % 64 == 0): per row and 64
-    features, byte j holds feature j (low nibble) and j + 32 (high); rows in 4-row blocks, 32 bytes of
-    each in turn."""
+    """The kernel's int4 layout from nibbles (N × K, uint8 in [0, 15], K % 64 == 0): rows in 4-row blocks
+    (zero rows pad N to a multiple of 4); per 64 features of a block, 64 bytes holding rows 0 and 1
+    (byte j: row 0's feature j in the low nibble, row 1's in the high), then 64 bytes for rows 2 and 3 —
+    so one load and two masks give two rows' codes. Shape (⌈N/4⌉·4) × K/2."""
     n, k = nibbles.shape
-    b = nibbles.to(torch.uint8).view(n, k // 64, 2, 32)
-    return _interleave((b[:, :, 0] | (b[:, :, 1] << 4)).reshape(n, k // 2), 32)
+    b = nibbles.to(torch.uint8)
+    if n % 4:
+        b = torch.cat((b, b.new_zeros(-n % 4, k)))
+    b = b.view(-1, 2, 2, k // 64, 64)  # block, pair, row in pair, 64-feature step, feature
+    pairs = b[:, :, 0] | (b[:, :, 1] << 4)  # block, pair, step, feature
+    return pairs.transpose(1, 2).contiguous().view(-1, k // 2)
 
 
 def unpack_int4_rows(packed: torch.Tensor, n: int) -> torch.Tensor:
     """Inverse of `pack_int4_rows`: nibbles (N × K, uint8)."""
-    rows = _deinterleave(packed, 32, n)
-    b = rows.view(n, rows.shape[1] // 32, 1, 32)
-    return torch.cat((b & 0x0F, b >> 4), dim=2).reshape(n, 2 * rows.shape[1])
+    rows, half = packed.shape
+    k = 2 * half
+    pairs = packed.reshape(rows // 4, k // 64, 2, 64)  # block, step, pair, feature
+    both = torch.stack((pairs & 0x0F, pairs >> 4), dim=3)  # block, step, pair, row in pair, feature
+    out = both.view(rows // 4, k // 64, 4, 64).transpose(1, 2).reshape(rows, k)
+    return out[:n].clone() if n < rows else out
