@@ -13,7 +13,14 @@ from modelscale.core.errors import ModelscaleError
 from modelscale.core.registry import config_from_dict
 from modelscale.techniques.quantize import kernels
 from modelscale.techniques.quantize.common import pack_int4, quantized_bytes
-from modelscale.techniques.quantize.kernel_choice import ChoiceCache, nearest_batch, time_paths
+from modelscale.techniques.quantize.kernel_choice import (
+    MIN_GAIN,
+    ChoiceCache,
+    Timing,
+    nearest_batch,
+    pick,
+    time_paths,
+)
 from modelscale.techniques.quantize.weight_only import WeightOnlyConfig, WeightOnlyLayer
 
 CPU = torch.device("cpu")
@@ -99,7 +106,7 @@ def test_auto_records_a_measured_path_per_layer_and_batch_and_matches_the_float_
             assert choice["rounds"] >= 1 if choice["path"] != "float" else "not timed" in choice["note"]
             assert set(choice["alternatives"]) <= KNOWN_PATHS
             # prefer="speed": an integer path is chosen only where it beat float in 3 of 4 paired rounds
-            assert choice["path"] == "float" or choice["ratio_q1"] >= 1.0
+            assert choice["path"] == "float" or (choice["ratio_q1"] >= 1.0 and choice["ratio"] >= MIN_GAIN)
         assert row["resident_bytes"] > 0
     q = result.model
     for rows in (1, 16):
@@ -198,6 +205,22 @@ def test_config_checks_and_version_1_configs_still_load():
     config = config_from_dict(old)
     assert config.kernel == "dequant" and config.prefer == "speed"
     assert config_from_dict(config.to_dict()) == config
+
+
+def test_speed_preference_keeps_float_on_a_tie_and_takes_a_clear_win():
+    def timing(q1, ratio):
+        return Timing(ms=1.0, float_ms=1.0, ratio=ratio, ratio_q1=q1, ratio_q3=ratio + 0.1, rounds=9)
+
+    names = ["int8_avx512", "int4_cpu_bf16", "float"]
+    assert pick({"int8_avx512": timing(1.01, 1.03), "int4_cpu_bf16": timing(0.9, 1.02)}, names) == "float"
+    assert pick({"int8_avx512": timing(0.97, 1.2), "int4_cpu_bf16": timing(0.9, 1.0)}, names) == "float"
+    assert (
+        pick({"int8_avx512": timing(1.02, 1.08), "int4_cpu_bf16": timing(1.5, 1.6)}, names) == "int4_cpu_bf16"
+    )
+    # prefer="size" (no float among the names): the fastest quantized path, however small its edge
+    assert (
+        pick({"int8_avx512": timing(0.5, 0.6), "int4_cpu_bf16": timing(0.4, 0.5)}, names[:2]) == "int8_avx512"
+    )
 
 
 def test_paired_timing_and_nearest_batch():
