@@ -34,6 +34,8 @@ def _rel(a, b):
         (2, 17, 4096, 128),
         (1, 8, 6144, 6144),
         (4, 9, 192, 192),
+        (3, 13, 256, 32),  # groups of 32: two group scales per 64-feature chunk
+        (1, 64, 4096, 32),
     ],
 )
 def test_kernel_matches_float64_within_16_bit_activation_rounding(m, n, k, group):
@@ -58,11 +60,13 @@ def test_chunks_are_at_most_256_features_and_bad_shapes_are_refused():
     assert native_gemv.chunk_size(4096, 4096) == 256
     assert native_gemv.chunk_size(4096, 128) == 128
     assert native_gemv.chunk_size(4800, 192) == 192
-    assert native_gemv.chunk_size(4096, 32) is None  # groups of 32: ATen's kernels serve them
+    assert native_gemv.chunk_size(4096, 32) == 64  # groups of 32: two scales per chunk
+    assert native_gemv.chunk_size(96, 32) is None  # ... whose chunks need in_features % 64 == 0
+    assert native_gemv.chunk_size(4096, 96) is None
     assert native_gemv.chunk_size(100, 100) is None
-    assert "divisible by 64" in native_gemv.shape_problem(100, 100)
+    assert "multiple of 64" in native_gemv.shape_problem(100, 100)
     w = torch.zeros(4, 100, dtype=torch.uint8)
-    with pytest.raises(ValueError, match="divisible by 64"):
+    with pytest.raises(ValueError, match="multiple of 64"):
         native_gemv.int8_gemv(torch.zeros(1, 100), w, torch.ones(4, 1), 100)
     with pytest.raises(TypeError, match="float32 x"):
         native_gemv.int8_gemv(torch.zeros(1, 64, dtype=torch.float64), w[:, :64], torch.ones(4, 1), 64)
@@ -102,7 +106,14 @@ def test_the_kernel_path_computes_the_weight_only_layer_and_gives_its_codes_back
 
 @needs_kernel
 @pytest.mark.parametrize(
-    ("m", "n", "k", "group", "offset"), [(1, 64, 128, 64, 8), (3, 61, 256, 64, 0), (2, 9, 4096, 128, 8)]
+    ("m", "n", "k", "group", "offset"),
+    [
+        (1, 64, 128, 64, 8),
+        (3, 61, 256, 64, 0),
+        (2, 9, 4096, 128, 8),
+        (3, 10, 512, 32, 8),
+        (1, 8, 4096, 32, 0),
+    ],
 )
 def test_int4_kernel_matches_float64_and_its_layout_round_trips(m, n, k, group, offset):
     g = torch.Generator().manual_seed(k + n)
@@ -124,7 +135,10 @@ def test_int4_kernel_matches_float64_and_its_layout_round_trips(m, n, k, group, 
 
 
 @needs_kernel
-@pytest.mark.parametrize(("bits", "group", "symmetric"), [(4, 64, True), (4, 128, False), (8, 0, False)])
+@pytest.mark.parametrize(
+    ("bits", "group", "symmetric"),
+    [(4, 64, True), (4, 128, False), (8, 0, False), (4, 32, False), (8, 32, True)],
+)
 def test_both_kernel_paths_compute_the_weight_only_layer(bits, group, symmetric):
     torch.manual_seed(4)
     layer = WeightOnlyLayer(nn.Linear(128, 48), bits=bits, group_size=group, symmetric=symmetric)
@@ -159,10 +173,10 @@ def test_codes_given_back_own_their_storage_when_rows_are_padded(bits):
 
 
 @needs_kernel
-@pytest.mark.parametrize("bits", [8, 4])
-def test_zero_term_bias_and_leading_dimensions_are_computed_inside_the_kernel(bits):
-    g = torch.Generator().manual_seed(bits)
-    n, k, group = 13, 256, 64
+@pytest.mark.parametrize(("bits", "group"), [(8, 64), (4, 64), (8, 32), (4, 32)])
+def test_zero_term_bias_and_leading_dimensions_are_computed_inside_the_kernel(bits, group):
+    g = torch.Generator().manual_seed(bits + group)
+    n, k = 13, 256
     s = torch.rand(n, k // group, generator=g) + 0.1
     z = torch.randint(0, 16 if bits == 4 else 256, (n, k // group), generator=g).float()
     bias = torch.randn(n, generator=g)
@@ -210,7 +224,8 @@ def _round_per_chunk_to_int8(x: torch.Tensor, chunk: int) -> torch.Tensor:
 
 @needs_kernel
 @pytest.mark.parametrize(("bits", "m", "n", "k", "group"), [(8, 1, 64, 512, 128), (8, 3, 61, 4096, 4096),
-                                                            (4, 1, 64, 512, 128), (4, 3, 17, 1024, 256)])  # fmt: skip
+                                                            (4, 1, 64, 512, 128), (4, 3, 17, 1024, 256),
+                                                            (4, 2, 9, 256, 32), (8, 1, 8, 128, 32)])  # fmt: skip
 def test_eight_bit_activations_are_exactly_one_byte_per_chunk(bits, m, n, k, group):
     g = torch.Generator().manual_seed(n + k + bits)
     s = torch.rand(n, k // group, generator=g) + 0.1

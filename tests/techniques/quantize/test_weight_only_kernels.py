@@ -158,10 +158,11 @@ def test_one_copy_of_the_codes_is_resident_and_the_saved_layout_is_unchanged(tmp
     assert set(ours) == set(plain.state_dict())
     assert all(torch.equal(v, plain.state_dict()[k]) for k, v in ours.items())
     assert torch.equal(fast.qweight, plain.qweight)  # rebuilt from the kernel's layout when read
-    if kernels.build_layout(plain, "int4_cpu", CPU).invertible:
+    kept = next(p.layout for _, p in fast._route if p.integer_kernel)  # ATen's int4 layout or our kernel's
+    if kernels.build_layout(plain, kept, CPU).invertible:
         assert "qweight" not in fast._buffers
         # resident: the saved tensors with the codes counted once (in the kernel's layout) plus its scales
-        layout = fast._layouts["int4_cpu"]
+        layout = fast._layouts[kept]
         codes_bytes = plain.qweight.numel() * plain.qweight.element_size()
         assert layout.tensors["packed"].numel() == codes_bytes
         assert fast.resident_bytes() == plain.storage_bytes() - codes_bytes + layout.nbytes()

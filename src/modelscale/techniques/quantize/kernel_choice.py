@@ -96,14 +96,20 @@ def time_paths(
     min_rounds: int = 5,
     max_rounds: int = 200,
     keep: Iterable[str] = (),
+    warm_each: bool = False,
 ) -> dict[str, Timing]:
     """Paired, interleaved timings of each of `paths` against `reference` (the float op), in ms.
 
-    Paths named in `keep` are timed every round however slow their first calls were."""
+    Paths named in `keep` are timed every round however slow their first calls were. `warm_each` calls
+    each side once untimed right before its timed call, so a small layer is timed with its own operands
+    in cache rather than after whatever the previous path evicted (a slow dequantizing path writes a
+    float copy of the weights and pushes the float reference's out of L2)."""
     keep = set(keep)
     device = torch.device(device)
 
     def timed(fn: Callable[[], Any]) -> float:
+        if warm_each:
+            fn()
         _sync(device)
         start = time.perf_counter()
         fn()
@@ -127,7 +133,7 @@ def time_paths(
             ratios[n].append(t_ref / t)
             if n in keep or not (t > SLOW_FACTOR * t_ref and t > SLOW_MS):
                 active.append(n)
-        one_round = (t_ref + sum(samples[n][0] for n in active)) / 1e3
+        one_round = (t_ref + sum(samples[n][0] for n in active)) / 1e3 * (2 if warm_each else 1)
         rounds = int(max(min_rounds, min(max_rounds, budget_s / max(one_round, 1e-6))))
         for r in range(1, rounds):
             order = ["__float__", *active]
@@ -210,6 +216,8 @@ def measure_layer(layer: Any, batch: int, paths: list, layouts: dict, device: to
         probe._layouts, probe._device = layouts, device
         probe._set_route([(batch, path)])
         fns[path.name] = lambda probe=probe: probe(x)
-    timings = time_paths(lambda: reference(x), fns, budget_s=layer.tune_ms / 1e3, device=device)
+    timings = time_paths(
+        lambda: reference(x), fns, budget_s=layer.tune_ms / 1e3, device=device, warm_each=True
+    )
     cache.put(key, timings)
     return timings

@@ -24,8 +24,9 @@ stored in blocks of 4 rows, 64 features of each row in turn (`pack_int8_rows`; i
 two rows) — four separate row streams read at about half the memory bandwidth here. int4 is
 prefetched 8 KB ahead into L2; int8 streams best on the hardware prefetcher alone. Rows of a batch
 (m) reuse the block from L1. Asymmetric int8 codes are shifted by the caller, which adds the zero-point
-term itself (see `kernels.Layout.run`). Groups must be multiples of 64 (groups of 32 use ATen's
-kernels).
+term itself (see `kernels.Layout.run`). Groups must be 32 or multiples of 64: with groups of 32 each
+64-feature chunk takes two group scales, one per half of the int32 lanes (lanes 0-7 hold features
+0-31), so the chunk's sum is scaled per lane instead of once.
 
 The kernel is compiled on first use with `cc -O3 -mavx512f -mavx512bw -mavx512vnni -fopenmp` into
 the user's cache (`$MODELSCALE_CACHE`, else `$XDG_CACHE_HOME/modelscale`, else `~/.cache/modelscale`), keyed by a hash
@@ -144,9 +145,12 @@ def unavailable() -> str | None:
 
 def chunk_size(k: int, group: int) -> int | None:
     """Features per activation scale: the largest multiple of 64 up to `MAX_CHUNK` dividing the group
-    (so an outlier feature costs precision only within its own chunk); None when none exists."""
+    (so an outlier feature costs precision only within its own chunk), or 64 for groups of 32 (two group
+    scales per chunk); None when none exists."""
     if group <= 0 or k % group:
         return None
+    if group == 32:
+        return 64 if k % 64 == 0 else None
     for c in range(min(group, MAX_CHUNK) // 64 * 64, 0, -64):
         if group % c == 0:
             return c
@@ -156,7 +160,10 @@ def chunk_size(k: int, group: int) -> int | None:
 def shape_problem(k: int, group: int) -> str | None:
     """Why a layer of `k` input features in groups of `group` cannot use the kernel (None: it can)."""
     if chunk_size(k, group) is None:
-        return f"our AVX-512 kernel needs the group size ({group}) divisible by 64 and dividing in_features ({k})"
+        return (
+            f"our AVX-512 kernel needs the group size ({group}) to be 32 or a multiple of 64 dividing "
+            f"in_features ({k}), and in_features a multiple of 64"
+        )
     return None
 
 

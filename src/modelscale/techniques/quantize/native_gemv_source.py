@@ -12,9 +12,11 @@ _SOURCE = r"""
 /* Activations, per chunk of c features of a row (c % 64 == 0, c <= 256): x16 = round(x / xs) with
    |x16| <= 32639 and xs = max|x| / 32639, split exactly as x16 = 256·xh + xl with xh, xl in [-127, 127]
    (signed bytes, the second operand of vpdpbusd). lanes[16] per chunk: offset · the sum of x16 over the
-   features lane l of the kernel's accumulators sees (4l..4l+3 of every 64), the codes' offset term. */
-static void prepare_rows(const int A8, const float* x, int8_t* xh, int8_t* xl, float* xs, float* xsum, int32_t* lanes,
-                         int64_t M, int64_t K, int64_t c, int32_t offset) {
+   features lane l of the kernel's accumulators sees (4l..4l+3 of every 64), the codes' offset term.
+   xsum: Σ x over each chunk as the kernel sees it, or with HALF (groups of 32, c == 64) over each half
+   (lanes 0-7 see features 0-31, lanes 8-15 features 32-63), two per chunk. */
+static void prepare_rows(const int A8, const int HALF, const float* x, int8_t* xh, int8_t* xl, float* xs, float* xsum,
+                         int32_t* lanes, int64_t M, int64_t K, int64_t c, int32_t offset) {
   const int64_t C = K / c;
   const int32_t top_code = A8 ? 127 : 32639;
   const __m512i lim = _mm512_set1_epi32(top_code), nlim = _mm512_set1_epi32(-top_code), half = _mm512_set1_epi32(128);
@@ -45,14 +47,19 @@ static void prepare_rows(const int A8, const float* x, int8_t* xh, int8_t* xl, f
       int32_t a[64];
       for (int v = 0; v < 4; ++v) _mm512_storeu_si512((void*)(a + 16 * v), acc[v]);
       int32_t* out = lanes + (m * C + j) * 16;
-      int32_t total = 0;
+      int32_t part[2] = {0, 0};
       for (int l = 0; l < 16; ++l) {
         const int32_t lane = a[4 * l] + a[4 * l + 1] + a[4 * l + 2] + a[4 * l + 3];
         out[l] = offset * lane;
-        total += lane;
+        part[l / 8] += lane;
       }
       xs[m * C + j] = scale;
-      xsum[m * C + j] = scale * (float)total; /* Σ x over the chunk, as the kernel sees it */
+      if (HALF) {
+        xsum[2 * (m * C + j)] = scale * (float)part[0];
+        xsum[2 * (m * C + j) + 1] = scale * (float)part[1];
+      } else {
+        xsum[m * C + j] = scale * (float)(part[0] + part[1]);
+      }
     }
   }
 }
@@ -82,14 +89,16 @@ typedef struct {
   int64_t N, K, G, C, c, per_group, row, step;
 } Ctx;
 
-/* Output rows 4b..4b+3 for activation rows m..m+MB-1 (MB = 1 or 2, a constant after inlining). */
+/* Output rows 4b..4b+3 for activation rows m..m+MB-1 (MB = 1 or 2, a constant after inlining). HALF: groups
+   of 32 features in chunks of 64, so lanes 0-7 of a chunk take group 2j's scale and lanes 8-15 group 2j+1's. */
 static inline __attribute__((always_inline)) void rows4(const Ctx* p, int64_t b, int64_t m, const int MB,
-                                                        const int BITS, const int A8) {
+                                                        const int BITS, const int A8, const int HALF) {
   const int64_t N = p->N, K = p->K, G = p->G, C = p->C, c = p->c, per_group = p->per_group, step = p->step;
   const float* s = p->s;
   const int8_t *xh = p->xh, *xl = p->xl;
   const int32_t* lanes = p->lanes;
   const __m512i mask = _mm512_set1_epi8(0x0F);
+  const __m512i halves = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
   int64_t r[4]; /* scale rows; the codes of a tail block's missing rows are zeros */
   for (int i = 0; i < 4; ++i) r[i] = (b * 4 + i < N) ? b * 4 + i : N - 1;
   const uint8_t* wb = p->w + b * 4 * p->row;
@@ -134,14 +143,19 @@ static inline __attribute__((always_inline)) void rows4(const Ctx* p, int64_t b,
         }
       }
     }
-    const int64_t g = per_group == 1 ? j : j / per_group;
+    const int64_t g = HALF ? 2 * j : per_group == 1 ? j : j / per_group;
+    __m512 sg[4];
+    for (int i = 0; i < 4; ++i) /* this chunk's group scale(s) of row i */
+      sg[i] = HALF ? _mm512_permutexvar_ps(
+                         halves, _mm512_castps128_ps512(_mm_castsi128_ps(_mm_loadl_epi64((const __m128i*)(s + r[i] * G + g)))))
+                   : _mm512_set1_ps(s[r[i] * G + g]);
     for (int u = 0; u < MB; ++u) {
       const __m512 sx = _mm512_set1_ps(p->xs[(m + u) * C + j]);
       for (int i = 0; i < 4; ++i) {
         const __m512 exact =
             _mm512_cvtepi32_ps(A8 ? h[u][i] : _mm512_add_epi32(_mm512_slli_epi32(h[u][i], 8), l[u][i]));
         /* one scale per row (G == 1) is applied once at the end */
-        t[u][i] = _mm512_fmadd_ps(G == 1 ? exact : _mm512_mul_ps(exact, _mm512_set1_ps(s[r[i] * G + g])), sx, t[u][i]);
+        t[u][i] = _mm512_fmadd_ps(G == 1 ? exact : _mm512_mul_ps(exact, sg[i]), sx, t[u][i]);
       }
     }
   }
@@ -160,11 +174,13 @@ static __thread int64_t scratch_bytes = 0;
    bias (N, may be null) is added. Returns 0, 1 for shapes it cannot take, 2 when out of memory. */
 int ms_gemv(const float* x, const uint8_t* w, const float* s, const float* zs, const float* bias, float* y,
             int64_t M, int64_t N, int64_t K, int64_t gsize, int64_t c, int bits, int offset, int abits, int threads) {
-  if ((bits != 8 && bits != 4) || (abits != 16 && abits != 8) || c % 64 || c > 256 || K % c || gsize % c ||
-      K % gsize)
+  const int half = gsize == 32 && c == 64; /* groups of 32: two group scales per 64-feature chunk */
+  if ((bits != 8 && bits != 4) || (abits != 16 && abits != 8) || c % 64 || c > 256 || K % c ||
+      (!half && gsize % c) || K % gsize)
     return 1;
   const int a8 = abits == 8;
-  const int64_t chunks = M * (K / c), need = 2 * M * K + chunks * (64 + 2 * 4) + M * (K / gsize) * 4 + 64;
+  const int64_t chunks = M * (K / c), sums = half ? 2 * chunks : chunks;
+  const int64_t need = 2 * M * K + chunks * (64 + 4) + sums * 4 + M * (K / gsize) * 4 + 64;
   if (need > scratch_bytes) {
     free(scratch);
     scratch = (uint8_t*)aligned_alloc(64, (need + 63) / 64 * 64);
@@ -175,12 +191,12 @@ int ms_gemv(const float* x, const uint8_t* w, const float* s, const float* zs, c
   float* xs = (float*)(scratch + chunks * 64);
   float* xsum = xs + chunks;
   const int64_t G = K / gsize, C = K / c, per_group = gsize / c, blocks = (N + 3) / 4;
-  float* gsum = xsum + chunks; /* Σ x per group of a row, for the zero term */
+  float* gsum = xsum + sums; /* Σ x per group of a row, for the zero term */
   int8_t* xh = (int8_t*)(gsum + M * G);
   int8_t* xl = xh + M * K;
-  prepare_rows(a8, x, xh, xl, xs, xsum, lanes, M, K, c, offset);
+  prepare_rows(a8, half, x, xh, xl, xs, xsum, lanes, M, K, c, offset);
   for (int64_t i = 0; i < M * G; ++i) {
-    float part = 0.0f;
+    float part = half ? xsum[i] : 0.0f;
     for (int64_t j = i * per_group; j < (i + 1) * per_group; ++j) part += xsum[j];
     gsum[i] = part;
   }
@@ -189,17 +205,21 @@ int ms_gemv(const float* x, const uint8_t* w, const float* s, const float* zs, c
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
   for (int64_t b = 0; b < blocks; ++b) {
     int64_t m = 0;
-    if (bits == 4 && a8) {
-      for (; m + 2 <= M; m += 2) rows4(&k, b, m, 2, 4, 1);
-      for (; m < M; ++m) rows4(&k, b, m, 1, 4, 1);
-    } else if (bits == 4) { /* two activation rows share each unpacked weight vector (measured: 10-15% at 8-32 rows) */
-      for (; m + 2 <= M; m += 2) rows4(&k, b, m, 2, 4, 0);
-      for (; m < M; ++m) rows4(&k, b, m, 1, 4, 0);
-    } else if (a8) {
-      for (; m < M; ++m) rows4(&k, b, m, 1, 8, 1);
+    /* int4: two activation rows share each unpacked weight vector (measured: 10-15% at 8-32 rows) */
+#define RUN(BITS, A8, HALF)                                                        \
+  do {                                                                             \
+    if (BITS == 4)                                                                 \
+      for (; m + 2 <= M; m += 2) rows4(&k, b, m, 2, BITS, A8, HALF);               \
+    for (; m < M; ++m) rows4(&k, b, m, 1, BITS, A8, HALF);                         \
+  } while (0)
+    if (half) {
+      if (bits == 4) { if (a8) RUN(4, 1, 1); else RUN(4, 0, 1); }
+      else { if (a8) RUN(8, 1, 1); else RUN(8, 0, 1); }
     } else {
-      for (; m < M; ++m) rows4(&k, b, m, 1, 8, 0);
+      if (bits == 4) { if (a8) RUN(4, 1, 0); else RUN(4, 0, 0); }
+      else { if (a8) RUN(8, 1, 0); else RUN(8, 0, 0); }
     }
+#undef RUN
   }
   return 0;
 }

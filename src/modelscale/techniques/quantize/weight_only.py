@@ -233,20 +233,22 @@ class WeightOnlyLayer(QuantizedLayer):
         return layouts
 
     def _route_from(self, measured: list) -> list[tuple[int, Path]]:
-        """Per batch the pick of `kernel_choice.pick`; one integer layout for all batches (the one with the
-        best geometric-mean ratio where an integer path was picked), so one copy of the codes stays."""
+        """Per batch the pick of `kernel_choice.pick`; one integer layout for all batches, so one copy of
+        the codes stays: the layout whose own picks (its paths or the float copy, batch by batch) give the
+        best geometric-mean ratio over the batches."""
         picks = [(b, kernel_choice.pick(t, [p.name for p in timed])) for b, timed, t in measured]
         by_name = {p.name: p for _, timed, _ in measured for p in timed}
         layouts = {by_name[n].layout for _, n in picks if by_name[n].integer_kernel}
         if len(layouts) > 1:
 
-            def score(kind: str) -> float:
-                return sum(math.log(max((t[n].ratio for n in t if by_name[n].layout == kind), default=1e-9))
-                           for (_, _, t), (_, n) in zip(measured, picks) if by_name[n].integer_kernel)  # fmt: skip
+            def with_only(kind: str) -> list[tuple[int, str]]:
+                names = lambda timed: [p.name for p in timed if not p.integer_kernel or p.layout == kind]  # noqa: E731
+                return [(b, kernel_choice.pick(t, names(timed))) for b, timed, t in measured]
 
-            keep = max(layouts, key=score)
-            names = lambda timed: [p.name for p in timed if not p.integer_kernel or p.layout == keep]  # noqa: E731
-            picks = [(b, kernel_choice.pick(t, names(timed))) for b, timed, t in measured]
+            def score(kind: str) -> float:  # a batch that falls back to the float copy counts its ratio 1
+                return sum(math.log(t[n].ratio) for (_, _, t), (_, n) in zip(measured, with_only(kind)))
+
+            picks = with_only(max(sorted(layouts), key=score))
         self.choices = []
         for (batch, _, timings), (_, best) in zip(measured, picks):
             self.choices.append({"batch": batch, "path": best, **timings[best].to_dict(),
