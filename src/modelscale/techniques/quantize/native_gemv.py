@@ -16,9 +16,9 @@ weights to 16 bits took two — and a chunk's sum (acc_h·256 + acc_l − offset
 is scaled once (activation scale × the row's group scale) into float32. With `activation_bits=8` the
 activations are rounded to one signed byte per chunk instead (|x8| ≤ 127; relative output error
 0.6-0.7% on Gaussian activations, about 4x that of bf16 activations) and each 64 weights take ONE
-vpdpbusd: int4 g128 at batch 1, 4.9 → 5.9x (4096²) and 4.9 → 7.6x (4096→11008) fp32 in
-`benchmarks/results/quantize_llm_cpu.json`, where the kernel is compute-bound with 16-bit
-activations. Four output rows are computed together from ONE contiguous stream: the codes are
+vpdpbusd: in `benchmarks/results/quantize_llm_cpu.json` at batch 1, int4 g128 6.6 → 6.9x (4096²)
+and 7.1 → 7.2x (4096→11008) fp32, int8 g128 3.4 → 4.1x and 3.7 → 4.3x (the two-row int4 layout
+left the 16-bit path little behind). Four output rows are computed together from ONE contiguous stream: the codes are
 stored in blocks of 4 rows, 64 features of each row in turn (`pack_int8_rows`; int4: 64 bytes per
 64 features of two rows, low and high nibbles, `pack_int4_rows`, so one load and two masks unpack
 two rows) — four separate row streams read at about half the memory bandwidth here. int4 is
