@@ -150,7 +150,10 @@ def _write_concurrently(location: str, gate, n: int) -> None:
     ]
     deadline = time.monotonic() + 120
     while not all((gate / f"ready-{t}").exists() for t in "ab") and time.monotonic() < deadline:
-        assert all(p.poll() is None for p in procs), [p.communicate()[1] for p in procs]
+        if any(p.poll() is not None for p in procs):  # one died opening the store: stop the other
+            for p in procs:
+                p.kill()
+            pytest.fail("a writer died opening the store: " + " | ".join(p.communicate()[1] for p in procs))
         time.sleep(0.02)
     (gate / "go").touch()
     for p in procs:
@@ -190,3 +193,28 @@ def test_sqlalchemy_url(tmp_path):
         assert store.count("runs") == 21 and store.count("metrics") == 6 + 120
     text, _ = runs_show(a, store=url)
     assert "50.00%" in text
+
+
+def test_many_openers_of_a_new_store_at_once_all_get_it(tmp_path):
+    """Converting a new file to WAL skips SQLite's busy handler: every opener must still succeed."""
+    import threading
+
+    for trial in range(80):
+        path = tmp_path / f"new{trial}.db"
+        barrier, errors = threading.Barrier(12), []
+
+        def open_it(path=path, barrier=barrier, errors=errors):
+            barrier.wait()
+            try:
+                RunStore(path).close()
+            except Exception as exc:  # noqa: BLE001 - collected and asserted below
+                errors.append(str(exc))
+
+        threads = [threading.Thread(target=open_it) for _ in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert errors == [], errors
+        with RunStore(path) as store:
+            assert list(store._db.query("PRAGMA journal_mode")[0].values()) == ["wal"]

@@ -19,19 +19,18 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from modelscale.core.errors import ModelscaleError
+from modelscale.pipeline.store_backends import SqlAlchemy, Sqlite
 
 DEFAULT_STORE = "runs/modelscale.db"
 SCHEMA_VERSION = 1
-BUSY_TIMEOUT_S = 60.0
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS store_meta (name VARCHAR(64) PRIMARY KEY, content TEXT NOT NULL)",
@@ -62,85 +61,6 @@ def new_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
-class _Sqlite:
-    """stdlib sqlite3: autocommit connection, explicit BEGIN IMMEDIATE for writes, WAL, busy timeout."""
-
-    def __init__(self, path: Path) -> None:
-        import sqlite3
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None)
-        self.conn.row_factory = sqlite3.Row
-        self.conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        self.conn.execute("PRAGMA journal_mode = WAL")
-        self.conn.execute("PRAGMA synchronous = NORMAL")
-
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[Any]:
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield lambda sql, params=None: self.conn.execute(sql, params or {})
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
-
-    def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        return [dict(row) for row in self.conn.execute(sql, params or {}).fetchall()]
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-class _SqlAlchemy:
-    """Any database SQLAlchemy can reach; SQLite URLs get the same WAL/busy/immediate settings."""
-
-    def __init__(self, url: str) -> None:
-        try:
-            import sqlalchemy as sa
-        except ImportError:
-            raise ModelscaleError(
-                f"the run store URL {url!r} needs SQLAlchemy (pip install sqlalchemy); or give a plain "
-                "file path for the built-in SQLite store"
-            ) from None
-        self.sa = sa
-        sqlite = url.startswith("sqlite")
-        try:
-            self.engine = sa.create_engine(
-                url, connect_args={"timeout": BUSY_TIMEOUT_S} if sqlite else {}, pool_pre_ping=not sqlite
-            )
-        except Exception as exc:  # noqa: BLE001 - bad URL or missing driver, one line
-            raise ModelscaleError(f"cannot open run store {url!r}: {exc}") from None
-        if sqlite:
-            db = self.engine.url.database
-            if db and db != ":memory:":
-                Path(db).parent.mkdir(parents=True, exist_ok=True)
-
-            @sa.event.listens_for(self.engine, "connect")
-            def _connect(dbapi_conn: Any, _record: Any) -> None:
-                dbapi_conn.isolation_level = None  # let the "begin" hook below issue BEGIN
-                cur = dbapi_conn.cursor()
-                cur.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-                cur.execute("PRAGMA journal_mode = WAL")
-                cur.close()
-
-            @sa.event.listens_for(self.engine, "begin")
-            def _begin(conn: Any) -> None:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[Any]:
-        with self.engine.begin() as conn:
-            yield lambda sql, params=None: conn.execute(self.sa.text(sql), params or {})
-
-    def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(self.sa.text(sql), params or {}).mappings().all()]
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-
 class RunStore:
     """Records of recipe runs. `location`: a file path (SQLite) or an SQLAlchemy URL."""
 
@@ -150,7 +70,7 @@ class RunStore:
 
         self.location = str(location)
         if "://" in self.location:
-            self._db: Any = _SqlAlchemy(self.location)
+            self._db: Any = SqlAlchemy(self.location)
             self._create()
             return
         path = Path(self.location)
@@ -161,7 +81,7 @@ class RunStore:
                 f"no run store at {path}; run a recipe first (modelscale run RECIPE) or give --store"
             )
         try:
-            self._db = _Sqlite(path)
+            self._db = Sqlite(path)
             self._create()
         except sqlite3.Error as exc:
             if getattr(self, "_db", None) is not None:
